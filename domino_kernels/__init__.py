@@ -1,0 +1,22 @@
+"""domino_kernels: kernels for Domino speculative decoding, reached as ``torch.ops.domino.*``.
+
+Importing the package loads the compiled extension (which registers the ops with torch), then
+registers a fake (meta) implementation of every op for torch.compile, and exposes typed Python
+wrappers (``domino_kernels.sample`` ...). ``domino_kernels.reference`` holds the pure-PyTorch
+reference of every op: the executable specification the kernels are tested against.
+"""
+import torch  # noqa: F401  (must be imported before the extension)
+
+from . import _C  # noqa: F401  (loads the library: runs TORCH_LIBRARY registrations)
+from . import ops
+from .ops import *  # noqa: F401,F403
+
+__version__ = "0.1.0"
+__all__ = list(ops.__all__)
+
+
+def cuda_kernels_compiled() -> bool:
+    """True when this build registered CUDA kernels (not whether a GPU is present)."""
+    from . import _build_info
+
+    return bool(_build_info.WITH_CUDA)

@@ -1,0 +1,20 @@
+// registration.cpp: the single TORCH_LIBRARY(domino) block. Every op schema lives here: this file
+// is the package's contract with torch.ops, torch.compile and the engines that vendor us.
+// Implementations register themselves per dispatch key in the <family>_ops.cpp files.
+#include <torch/library.h>
+
+TORCH_LIBRARY(domino, m) {
+  // Sampling (domino/sampling.h). Returns int64 tokens [B]; -1 marks an invalid row.
+  m.def(
+      "sample(Tensor logits, Tensor temperature, Tensor? top_k, Tensor? top_p, Tensor? min_p, "
+      "Tensor seed, Tensor offset) -> Tensor");
+}
+
+// A minimal Python module so that `import domino_kernels._C` loads the library (which runs the
+// registrations above). No pybind11: ops are reached only through torch.ops.domino.
+#include <Python.h>
+
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
