@@ -69,7 +69,7 @@ def test_greedy_ties_lowest_index_and_non_contiguous_rows():
 
 
 def expected_probs(logits_row, temperature, top_k=0, top_p=1.0, min_p=0.0):
-    s = (logits_row.astype(np.float32) / np.float32(temperature)).astype(np.float32)
+    s = (logits_row.astype(np.float32) * (np.float32(1) / np.float32(temperature))).astype(np.float32)
     keep = kept_mask(s, top_k, top_p, min_p)
     p = np.exp(s.astype(np.float64) - s.max()) * keep
     return p / p.sum()
