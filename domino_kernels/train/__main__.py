@@ -3,12 +3,14 @@
 Layout of DIR (the shipped default is ``domino_kernels/assets/default``):
   tokenizer.json        the BPE tokenizer (stage ``tokenizer``)
   target/               Qwen3 target, Hugging Face layout (stage ``target``)
-  distill.pt            the target's greedy continuations + context (stage ``draft``, cached)
   draft-domino/         DFlash backbone + Domino head, public draft format (stage ``draft``)
-  draft-dflash/         DFlash-only drafter with the same budget (stage ``draft``)
-Every stage is deterministic given --seed and its step counts (``--*-steps``); a time budget
-(``--*-minutes``) picks the step count by timing, and the chosen count is written to the
-stage's train_meta.json so the run can be repeated exactly.
+  draft-dflash/         DFlash-only drafter with the same step budget (stage ``draft``)
+  train.log             the log of every stage
+The ``draft`` stage first regenerates its distillation data (the target's greedy continuations
+of corpus windows, and their target features) in memory. Every stage is deterministic given
+--seed and its step counts (``--target-steps``, ``--draft-steps``); a time budget (``--*-minutes``)
+picks the step count by timing a few steps, and the chosen count is written to the stage's
+train_meta.json so the run can be repeated exactly.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ def build_parser():
     g.add_argument("--variants", default="domino,dflash",
                    help="comma list of drafters to train: domino, dflash")
     g.add_argument("--draft-steps", type=int, default=None)
-    g.add_argument("--draft-minutes", type=float, default=12.0, help="per drafter")
+    g.add_argument("--draft-minutes", type=float, default=10.0,
+                   help="time budget of the first drafter; the others get the same step count")
     g.add_argument("--draft-layers", type=int, default=1)
     g.add_argument("--target-layer-ids", default="0,2,3")
     g.add_argument("--block-size", type=int, default=16)

@@ -328,11 +328,15 @@ def run_draft_stage(args, log) -> None:
     held = build_distill_data(target, held_stream, layer_ids, n_prompts=max(16, args.distill_prompts // 8),
                               seed=args.seed + 1, **mk)
     recipe = DraftRecipe(batch=args.draft_batch, anchors=args.anchors, lr=args.draft_lr, gamma=args.gamma)
+    steps = args.draft_steps
     for kind in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if kind not in ("domino", "dflash"):
             raise ValueError(f"--variants: unknown drafter {kind!r} (expected domino or dflash)")
         spec = make_spec(target.config, MASK_ID, domino=kind == "domino", layers=args.draft_layers,
                          layer_ids=layer_ids, block=args.block_size, gru=args.gru_hidden, emb=args.emb_dim)
-        train_draft(model_factory(target, spec, args.seed), train, held,
-                    os.path.join(args.out, f"draft-{kind}"), seed=args.seed, steps=args.draft_steps,
-                    minutes=args.draft_minutes, recipe=recipe, log=log, log_every=args.log_every)
+        # Same budget for every variant: the step count timed for the first one (the same
+        # batches and anchors, since the data generator is seeded identically).
+        _, meta = train_draft(model_factory(target, spec, args.seed), train, held,
+                              os.path.join(args.out, f"draft-{kind}"), seed=args.seed, steps=steps,
+                              minutes=args.draft_minutes, recipe=recipe, log=log, log_every=args.log_every)
+        steps = meta["steps"]
