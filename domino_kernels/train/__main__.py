@@ -112,9 +112,10 @@ def build_parser():
     g.add_argument("--draft-lr", type=float, default=2e-3)
     g.add_argument("--draft-batch", type=int, default=16)
     g.add_argument("--anchors", type=int, default=4, help="blocks (anchors) sampled per sequence")
-    g.add_argument("--distill-prompts", type=int, default=512)
+    g.add_argument("--distill-prompts", type=int, default=384)
     g.add_argument("--distill-prompt-len", type=int, default=64)
-    g.add_argument("--distill-new-tokens", type=int, default=128)
+    g.add_argument("--distill-new-tokens", type=int, default=96)
+    g.add_argument("--distill-batch", type=int, default=128, help="sequences per greedy generation batch")
     return ap
 
 

@@ -322,7 +322,8 @@ def run_draft_stage(args, log) -> None:
     layer_ids = [int(x) for x in str(args.target_layer_ids).split(",")]
     train_stream = corpus.encode_corpus(tok, corpus.corpus_files("train", limit=args.max_files), EOS_ID)
     held_stream = corpus.encode_corpus(tok, corpus.corpus_files("heldout", limit=args.max_files), EOS_ID)
-    mk = dict(prompt_len=args.distill_prompt_len, new_tokens=args.distill_new_tokens, eos_id=EOS_ID, log=log)
+    mk = dict(prompt_len=args.distill_prompt_len, new_tokens=args.distill_new_tokens, eos_id=EOS_ID,
+              batch=args.distill_batch, log=log)
     train = build_distill_data(target, train_stream, layer_ids, n_prompts=args.distill_prompts,
                                seed=args.seed, **mk)
     held = build_distill_data(target, held_stream, layer_ids, n_prompts=max(16, args.distill_prompts // 8),
