@@ -18,9 +18,10 @@ struct CpuRow {
   const VerifyParams* p = nullptr;
   int64_t b = 0;
   cpu::RowScratch s;
-  std::vector<int64_t> kids_buf;
+  std::vector<int64_t> kids_buf, kid_tok_buf;
   std::vector<double> scales_buf;
   int64_t* kids = nullptr;
+  int64_t* kid_tok = nullptr;
   double* scales = nullptr;
   int64_t best = -1;
   uint64_t W = 0;
@@ -29,8 +30,10 @@ struct CpuRow {
     p = &params;
     b = request;
     kids_buf.resize(size_t(params.nodes));
+    kid_tok_buf.resize(size_t(params.nodes));
     scales_buf.resize(size_t(params.nodes));
     kids = kids_buf.data();
+    kid_tok = kid_tok_buf.data();
     scales = scales_buf.data();
   }
 

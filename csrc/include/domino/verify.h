@@ -201,29 +201,32 @@ DOMINO_HD int32_t validate_request(const VerifyParams& p, int64_t b, int64_t& ba
 //   uint64_t total()         W of the loaded row;  uint64_t mass(v): w_v
 //   uint64_t sum(f)          sum over v of f(v);    int64_t find(r, f): smallest v with
 //                            f(0) + ... + f(v) > r (-1 if none)
-//   bool leader(); void sync();  int64_t* kids; double* scales  (scratch of `nodes` entries)
+//   bool leader(); void sync();  int64_t* kids, *kid_tok; double* scales  (scratch of `nodes`
+//                            entries each: the current node's children, their tokens, the
+//                            sibling scales; written by the leader, read by all after sync())
 
 struct Walk {
   const VerifyParams* p;
   int64_t b;
   int64_t node;     // the node whose children are being tested
   int64_t nkids;
-  const int64_t* kids;   // children of `node`, in node order
-  const double* scales;  // scale_l = M_l / (1 - S_l) of the siblings tested so far
+  const int64_t* kids;     // children of `node`, in node order
+  const int64_t* kid_tok;  // their tokens
+  const double* scales;    // scale_l = M_l / (1 - S_l) of the siblings tested so far
 
   DOMINO_HD int64_t token(int64_t i) const { return p->draft_tokens[b * p->nodes + i]; }
 
   // q of sibling l's token under the parent's draft distribution.
   DOMINO_HD float kid_q(int64_t l) const {
     const int64_t c = kids[l];
-    return p->draft_probs ? p->draft_probs[(b * p->nodes + node) * p->vocab + token(c)]
+    return p->draft_probs ? p->draft_probs[(b * p->nodes + node) * p->vocab + kid_tok[l]]
                           : p->draft_token_probs[b * p->nodes + c];
   }
 
   // Index of the first sibling whose token is v (nkids when none).
   DOMINO_HD int64_t first_kid_with(int64_t v) const {
     for (int64_t l = 0; l < nkids; ++l)
-      if (token(kids[l]) == v) return l;
+      if (kid_tok[l] == v) return l;
     return nkids;
   }
 
@@ -249,19 +252,27 @@ struct Walk {
   }
 };
 
+// The Row backend's methods are __device__ on the GPU; the HD templates below only ever call them
+// from device code there, which nvcc cannot see through templates without this pragma.
+#if defined(__CUDACC__)
+#define DOMINO_HD_TEMPLATE _Pragma("nv_exec_check_disable")
+#else
+#define DOMINO_HD_TEMPLATE
+#endif
+
 template <class Row>
 struct ResidualMass {  // f(v) = R_j(v)
   const Walk* walk;
   Row* row;
   int64_t j;
-  DOMINO_HD uint64_t operator()(int64_t v) const { return walk->residual(row->mass(v), v, j); }
+  DOMINO_HD_TEMPLATE DOMINO_HD uint64_t operator()(int64_t v) const { return walk->residual(row->mass(v), v, j); }
 };
 
 template <class Row>
 struct NonChildMass {  // f(v) = w_v unless v is a child token
   const Walk* walk;
   Row* row;
-  DOMINO_HD uint64_t operator()(int64_t v) const {
+  DOMINO_HD_TEMPLATE DOMINO_HD uint64_t operator()(int64_t v) const {
     return walk->first_kid_with(v) < walk->nkids ? 0 : row->mass(v);
   }
 };
@@ -276,10 +287,8 @@ DOMINO_HD void write_invalid(const VerifyParams& p, int64_t b, int32_t st, int64
   if (p.status_node) p.status_node[b] = bad_node;
 }
 
-#if defined(__CUDACC__)
-#pragma nv_exec_check_disable
-#endif
 // Verifies request b. Returns its Status (outputs already written).
+DOMINO_HD_TEMPLATE
 template <class Row>
 DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
   int64_t bad_node = -1;
@@ -294,7 +303,7 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
   const uint64_t seed = uint64_t(p.seed[b]), offset = uint64_t(p.offset[b]);
   const int64_t* par = p.parents + b * T;
 
-  Walk walk{&p, b, 0, 0, row.kids, row.scales};
+  Walk walk{&p, b, 0, 0, row.kids, row.kid_tok, row.scales};
   int64_t len = 0, out_tok = -1;
   for (;;) {
     const int64_t node = walk.node;
@@ -306,7 +315,10 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
     if (row.leader()) {
       int64_t k = 0;
       for (int64_t i = node + 1; i < n; ++i)
-        if (par[i] == node) row.kids[k++] = i;
+        if (par[i] == node) {
+          row.kids[k] = i;
+          row.kid_tok[k++] = walk.token(i);
+        }
     }
     row.sync();
     int64_t k = 0;
@@ -324,15 +336,15 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
                                                                          uint32_t(node))), W);
       uint64_t child_mass = 0;
       for (int64_t l = 0; l < k; ++l)
-        if (walk.first_kid_with(walk.token(row.kids[l])) == l)
-          child_mass += row.mass(walk.token(row.kids[l]));
+        if (walk.first_kid_with(row.kid_tok[l]) == l)
+          child_mass += row.mass(row.kid_tok[l]);
       if (r < child_mass) {
         // Distinct child tokens in ascending order: the first block of the inverse CDF.
         int64_t last = -1;
         for (;;) {
           int64_t best = -1;
           for (int64_t l = 0; l < k; ++l) {
-            const int64_t t = walk.token(row.kids[l]);
+            const int64_t t = row.kid_tok[l];
             if (t > last && (best < 0 || t < best)) best = t;
           }
           const uint64_t w = row.mass(best);
@@ -369,7 +381,7 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
           M = row.sum(ResidualMass<Row>{&walk, &row, j + 1});
         } else {
           for (int64_t l = 0; l < k; ++l) {
-            const int64_t t = walk.token(row.kids[l]);
+            const int64_t t = row.kid_tok[l];
             if (walk.first_kid_with(t) != l) continue;
             const uint64_t w = row.mass(t);
             M -= walk.residual(w, t, j) - walk.residual(w, t, j + 1);
