@@ -1,7 +1,7 @@
 // csrc/cpu/row_filter.h: the processed-target row filter on the CPU (temperature, top-k, top-p),
 // shared by domino::sample and domino::verify so both apply exactly the same definitions
-// (domino/sampling.h): s_v = l_v / T, top-k keeps keys >= the k-th largest key (ties kept), top-p
-// keeps keys >= the largest t* whose fixed-point mass from the top reaches p * total.
+// (domino/sampling.h): s_v = l_v * (1/T), top-k keeps keys >= the k-th largest key (ties kept),
+// top-p keeps keys >= the largest t* whose fixed-point mass from the top reaches p * total.
 // Internal to the CPU kernels (not an installed header).
 #pragma once
 
@@ -14,9 +14,10 @@ namespace domino {
 namespace cpu {
 
 struct RowScratch {
-  std::vector<float> scaled;   // s_v = l_v / T
+  std::vector<float> scaled;   // s_v = l_v * (1/T)
   std::vector<uint32_t> keys;  // ordered_key(s_v)
-  std::vector<uint64_t> mass;  // fixed_mass(exp(s_v - m)) of kept tokens (0 for the others)
+  std::vector<float> expo;     // exp(s_v - m) for what top-k kept, else 0
+  std::vector<uint64_t> mass;  // fixed_mass(expo) (top-p input; with want_mass: 0 outside the kept set)
 };
 
 // k-th largest key (1-based k), MSB-first radix select.
@@ -34,7 +35,7 @@ inline uint32_t kth_largest_key(const uint32_t* keys, int64_t n, uint32_t k) {
   return prefix;
 }
 
-// Largest key t with mass({key >= max(t, floor_key)}) >= target; `mass` is 0 below floor_key.
+// Largest key t with mass({key >= max(t, floor_key)}) >= target.
 inline uint32_t top_p_key(const uint32_t* keys, const uint64_t* mass, int64_t n,
                           uint32_t floor_key, double target) {
   uint32_t prefix = 0, mask = 0;
@@ -55,16 +56,16 @@ inline uint32_t top_p_key(const uint32_t* keys, const uint64_t* mass, int64_t n,
 
 // Result of filtering one row at temperature T > 0.
 struct FilteredRow {
-  bool valid = false;   // false: a NaN/+inf logit, every logit -inf, or the max overflows
-  float m = 0.0f;       // max scaled logit
+  bool valid = false;      // false: a NaN/+inf logit, every logit -inf, or the max overflows
+  float m = 0.0f;          // max scaled logit
   uint32_t floor_key = 0;  // kept set = {v : keys[v] >= floor_key}
 };
 
-// Scales the row, finds the max, and applies top-k and top-p (top_k 0 / top_p 1 = off).
-// Fills s.scaled and s.keys; when `want_mass` (or top-p is on) also s.mass = the fixed-point mass
-// of each kept token, 0 for dropped tokens.
+// Scales the row by inv_temperature (= det::div(1, T), rounded once), finds the max, applies
+// top-k (0 < top_k < n) and top-p (top_p < 1). Fills s.scaled, s.keys, s.expo; with `want_mass`
+// s.mass[v] is the fixed-point mass of each kept token and 0 for the others.
 template <typename T>
-FilteredRow filter_row(const T* row, int64_t n, float temperature, int64_t top_k, float top_p,
+FilteredRow filter_row(const T* row, int64_t n, float inv_temperature, int64_t top_k, float top_p,
                        bool want_mass, RowScratch& s) {
   FilteredRow r;
   s.scaled.resize(n);
@@ -75,7 +76,7 @@ FilteredRow filter_row(const T* row, int64_t n, float temperature, int64_t top_k
     const float l = to_float(row[v]);
     if (det::is_nan(l) || l == det::kInf) return r;
     any |= l > -det::kInf;
-    const float sv = det::div(l, temperature);
+    const float sv = det::mul(l, inv_temperature);
     s.scaled[v] = sv;
     const uint32_t k = det::ordered_key(sv);
     s.keys[v] = k;
@@ -85,25 +86,21 @@ FilteredRow filter_row(const T* row, int64_t n, float temperature, int64_t top_k
   if (!any || !det::is_finite(r.m)) return r;
   r.valid = true;
   if (top_k > 0 && top_k < n) r.floor_key = kth_largest_key(s.keys.data(), n, uint32_t(top_k));
+  s.expo.resize(n);
+  for (int64_t v = 0; v < n; ++v)
+    s.expo[v] = s.keys[v] >= r.floor_key ? det::exp(det::sub(s.scaled[v], r.m)) : 0.0f;
   if (top_p < 1.0f || want_mass) {
     s.mass.resize(n);
     uint64_t total = 0;
-    for (int64_t v = 0; v < n; ++v) {
-      const uint64_t w = s.keys[v] >= r.floor_key
-                             ? det::fixed_mass(det::exp(det::sub(s.scaled[v], r.m)))
-                             : 0;
-      s.mass[v] = w;
-      total += w;
-    }
+    for (int64_t v = 0; v < n; ++v) total += s.mass[v] = det::fixed_mass(s.expo[v]);
     if (top_p < 1.0f) {
       const uint32_t pk = top_p_key(s.keys.data(), s.mass.data(), n, r.floor_key,
                                     double(top_p) * double(total));
-      if (pk > r.floor_key) {
-        r.floor_key = pk;
-        for (int64_t v = 0; v < n; ++v)
-          if (s.keys[v] < pk) s.mass[v] = 0;
-      }
+      if (pk > r.floor_key) r.floor_key = pk;
     }
+    if (want_mass)
+      for (int64_t v = 0; v < n; ++v)
+        if (s.keys[v] < r.floor_key) s.mass[v] = 0;
   }
   return r;
 }

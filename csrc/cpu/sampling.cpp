@@ -1,9 +1,9 @@
 // CPU implementation of domino::sampling (semantics in domino/sampling.h).
 //
-// One row at a time, in a few streaming passes: (1)-(3) the shared row filter (row_filter.h:
-// validity and max, top-k radix select over ordered keys, top-p radix select over fixed-point
-// masses), (4) the Gumbel-max draw over the kept set. Rows are independent; the binding layer spreads
-// them over its thread pool.
+// One row at a time, in a few streaming passes: (1)-(3) the row filter shared with domino::verify
+// (row_filter.h: validity and max, top-k radix select over ordered keys, exp and fixed-point
+// masses of what top-k kept, top-p radix select over them), (4) the inverse-CDF draw over the
+// kept set. Rows are independent; the binding layer spreads them over its thread pool.
 #include "domino/sampling.h"
 #include "row_filter.h"
 
@@ -29,32 +29,25 @@ int64_t sample_row(const SampleParams& p, int64_t b, cpu::RowScratch& s) {
     return best_idx;  // -1 when every logit is -inf
   }
 
-  const cpu::FilteredRow fr = cpu::filter_row(row, n, rp.temperature, rp.top_k, rp.top_p,
+  const cpu::FilteredRow fr = cpu::filter_row(row, n, rp.inv_temperature, rp.top_k, rp.top_p,
                                               /*want_mass=*/false, s);
   if (!fr.valid) return -1;
-  const float m = fr.m;
   const uint32_t floor_key = fr.floor_key;
 
-  float best = -det::kInf;
-  int64_t best_idx = -1;
-  const uint32_t stream = rng::stream_id(rng::kSample, 0);
-  for (int64_t v0 = 0; v0 < n; v0 += 4) {
-    rng::U4 r{};
-    bool have_r = false;
-    for (int64_t v = v0; v < v0 + 4 && v < n; ++v) {
-      if (s.keys[v] < floor_key) continue;
-      const float sc = det::sub(s.scaled[v], m);
-      if (!(sc >= -kGumbelPruneMargin)) continue;  // provably cannot beat the max element
-      if (rp.min_p > 0.0f && det::exp(sc) < rp.min_p) continue;
-      if (!have_r) {
-        r = rng::raw4(rp.seed, rp.offset, stream, uint32_t(v0 >> 2));
-        have_r = true;
-      }
-      const float g = gumbel_key(sc, rng::u32_to_uniform(rng::lane(r, uint32_t(v & 3))));
-      if (better(g, v, best, best_idx)) { best = g; best_idx = v; }
-    }
+  // Inverse CDF over the kept set: total mass, then the first index whose prefix exceeds r.
+  auto kept_mass = [&](int64_t v) -> uint64_t {
+    if (s.keys[v] < floor_key || s.expo[v] < rp.min_p) return 0;
+    return det::fixed_mass(s.expo[v]);
+  };
+  uint64_t total = 0;
+  for (int64_t v = 0; v < n; ++v) total += kept_mass(v);
+  const uint64_t r = mass_rank(row_u64(rp.seed, rp.offset), total);
+  uint64_t prefix = 0;
+  for (int64_t v = 0; v < n; ++v) {
+    prefix += kept_mass(v);
+    if (prefix > r) return v;
   }
-  return best_idx;
+  return -1;  // unreachable: the max element always has mass 2^40 > 0
 }
 
 }  // namespace

@@ -54,7 +54,8 @@ struct CpuRow {
     const int64_t top_k = p->top_k ? p->top_k[b] : 0;
     const float top_p = p->top_p ? p->top_p[b] : 1.0f;
     const cpu::FilteredRow fr =
-        cpu::filter_row(row, n, p->temperature[b], top_k, top_p, /*want_mass=*/true, s);
+        cpu::filter_row(row, n, det::div(1.0f, p->temperature[b]), top_k, top_p,
+                         /*want_mass=*/true, s);
     if (!fr.valid) return false;
     W = 0;
     for (int64_t v = 0; v < n; ++v) W += s.mass[v];

@@ -28,28 +28,6 @@ struct Smem {
   long long found;
 };
 
-// Inclusive prefix sum over the block (all threads); `total` gets the block sum.
-__device__ __forceinline__ unsigned long long block_inclusive_scan(unsigned long long x,
-                                                                   unsigned long long* scratch,
-                                                                   unsigned long long& total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const unsigned long long y = __shfl_up_sync(cuda::kFullMask, x, o);
-    if (lane >= o) x += y;
-  }
-  __syncthreads();  // scratch may still be read from the previous call
-  if (lane == 31) scratch[warp] = x;
-  __syncthreads();
-  unsigned long long before = 0;
-  total = 0;
-  for (int w = 0; w < nwarps; ++w) {
-    if (w < warp) before += scratch[w];
-    total += scratch[w];
-  }
-  return x + before;
-}
-
 template <typename T>
 struct CudaRow {
   const VerifyParams* p;
@@ -59,14 +37,14 @@ struct CudaRow {
   int64_t* kid_tok;
   double* scales;
   const T* row = nullptr;
-  float temperature = 1.0f, m = 0.0f;
+  float inv_temperature = 1.0f, m = 0.0f;  // 1/T rounded once, as domino::sample
   uint32_t floor_key = 0;
   uint64_t W = 0;
   int64_t best = -1;
 
   __device__ bool load(int64_t node, bool greedy) {
     row = static_cast<const T*>(p->logits) + b * p->logits_stride_b + node * p->logits_stride_t;
-    temperature = p->temperature[b];
+    inv_temperature = det::div(1.0f, p->temperature[b]);
     const int64_t n = p->vocab;
     int bad = 0, any = 0;
     cuda::ArgMax am{-det::kInf, -1};
@@ -78,7 +56,7 @@ struct CudaRow {
       if (greedy) {
         if (l > am.key) am = cuda::ArgMax{l, int32_t(v)};  // strided loop: first hit is lowest
       } else {
-        max_key = max(max_key, det::ordered_key(det::div(l, temperature)));
+        max_key = max(max_key, det::ordered_key(det::mul(l, inv_temperature)));
       }
     }
     bad = __syncthreads_or(bad);
@@ -94,7 +72,7 @@ struct CudaRow {
     if (!det::is_finite(m)) return false;
     const int64_t top_k = p->top_k ? p->top_k[b] : 0;
     const float top_p = p->top_p ? p->top_p[b] : 1.0f;
-    floor_key = cuda::block_filter_floor(row, n, temperature, m, top_k, top_p, sm->filter);
+    floor_key = cuda::block_filter_floor(row, n, inv_temperature, m, top_k, top_p, sm->filter);
     unsigned long long t = 0;
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) t += mass(v);
     W = cuda::block_sum(t, sm->red_u64);
@@ -105,7 +83,7 @@ struct CudaRow {
   __device__ uint64_t total() const { return W; }
 
   __device__ uint64_t mass(int64_t v) const {
-    const float s = det::div(to_float(row[v]), temperature);
+    const float s = det::mul(to_float(row[v]), inv_temperature);
     return det::ordered_key(s) >= floor_key ? det::fixed_mass(det::exp(det::sub(s, m))) : 0;
   }
 
@@ -116,25 +94,32 @@ struct CudaRow {
     return cuda::block_sum(t, sm->red_u64);
   }
 
-  // Smallest v with f(0) + ... + f(v) > r: chunks of blockDim elements in index order, a block
-  // scan per chunk; the integer prefix sums are exact, so the answer is the CPU loop's.
+  // Smallest v with f(0) + ... + f(v) > r, as domino::sample draws: thread t sums f over its
+  // contiguous slice, an exclusive block scan (integers: exact) finds the one slice holding r,
+  // and its thread walks it. The answer is the CPU loop's, whatever the block size.
   template <class F>
   __device__ int64_t find(uint64_t r, const F& f) const {
+    const int64_t n = p->vocab;
+    const int64_t chunk = (n + blockDim.x - 1) / blockDim.x;
+    const int64_t lo = min(n, int64_t(threadIdx.x) * chunk), hi = min(n, lo + chunk);
+    unsigned long long mine = 0;
+    for (int64_t v = lo; v < hi; ++v) mine += f(v);
     __syncthreads();  // every thread has read the previous call's answer before the reset
     if (threadIdx.x == 0) sm->found = -1;
-    unsigned long long base = 0;
-    for (int64_t c0 = 0; c0 < p->vocab; c0 += blockDim.x) {
-      const int64_t v = c0 + threadIdx.x;
-      const unsigned long long x = v < p->vocab ? f(v) : 0;
-      unsigned long long chunk = 0;
-      const unsigned long long incl = block_inclusive_scan(x, sm->scan, chunk);
-      if (x > 0 && base + incl > r && base + incl - x <= r) sm->found = v;  // exactly one thread
-      __syncthreads();
-      const long long hit = sm->found;
-      if (hit >= 0) return hit;
-      base += chunk;
+    unsigned long long total;
+    const unsigned long long before = cuda::block_exclusive_scan_u64(mine, sm->scan, &total);
+    if (before <= r && r < before + mine) {  // exactly one thread owns rank r
+      unsigned long long prefix = before;
+      for (int64_t v = lo; v < hi; ++v) {
+        prefix += f(v);
+        if (prefix > r) {
+          sm->found = v;
+          break;
+        }
+      }
     }
-    return -1;
+    __syncthreads();
+    return sm->found;
   }
 
   __device__ bool leader() const { return threadIdx.x == 0; }

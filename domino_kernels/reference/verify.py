@@ -51,7 +51,7 @@ def target_masses(row: np.ndarray, temperature: float, top_k: int, top_p: float)
     if np.isnan(l).any() or np.isposinf(l).any() or not (l > -np.inf).any():
         return None
     with np.errstate(all="ignore"):
-        s = (l / np.float32(temperature)).astype(np.float32)
+        s = (l * (np.float32(1.0) / np.float32(temperature))).astype(np.float32)  # 1/T once
     m = s.max()
     if not np.isfinite(m):
         return None

@@ -8,7 +8,8 @@
 // node are visited in increasing node index ("sibling order").
 //
 // Processed target at a node (temperature T > 0): exactly domino::sample's filter (sampling.h):
-// s_v = l_v / T, m = max s, top-k then top-p keep set K, and the fixed-point masses
+// s_v = l_v * (1/T) (1/T rounded once), m = max s, top-k then top-p keep set K, and the
+// fixed-point masses
 //   w_v = fixed_mass(exp(s_v - m)) for v in K, 0 otherwise;  W = sum_v w_v  (exact uint64).
 // The processed target is p_v = w_v / W. Every probability below is an exact integer mass over
 // that scale, so every decision is exact, reduction-order independent and bit-identical on the
