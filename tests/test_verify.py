@@ -6,8 +6,8 @@ import torch
 
 import domino_kernels as dk
 from domino_kernels import reference as ref
-from conftest import requires_cuda
-from verify_cases import one_hot_logits, op_args, random_parents, to_device
+from .conftest import requires_cuda
+from .verify_cases import one_hot_logits, op_args, random_parents, to_device
 
 verify_op = torch.ops.domino.verify
 

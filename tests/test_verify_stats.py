@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from domino_kernels.reference.verify import target_masses
-from stats import assert_matches_distribution, assert_rejects_distribution
+from .stats import assert_matches_distribution, assert_rejects_distribution
 
 V = 6
 N = 100_000
