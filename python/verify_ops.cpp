@@ -84,8 +84,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   check_same_device(logits, draft_tokens, kOp, "logits", "draft_tokens");
   const DType dtype = float_dtype(logits, kOp, "logits");
   const int64_t vocab = logits.size(2);
-  DOMINO_CHECK_ARG(vocab > 0, kOp, "logits", "must have a non-empty vocabulary dimension, got shape ",
-                   shape_str(logits));
+  DOMINO_CHECK_ARG(vocab > 0, kOp, "logits",
+                   "must have a non-empty vocabulary dimension, got shape ", shape_str(logits));
   DOMINO_CHECK_ARG(vocab < (int64_t(1) << 31), kOp, "logits", "vocabulary must be < 2^31");
   DOMINO_CHECK_ARG(logits.stride(2) == 1, kOp, "logits",
                    "must have unit stride in the vocabulary dimension");
@@ -175,6 +175,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   }
 #ifdef DOMINO_WITH_CUDA
   const c10::cuda::CUDAGuard guard(draft_tokens.device());
+  at::Tensor workspace;  // greedy pre-pass scratch (caching allocator: graph-capturable)
+  if (rule == verify::kGreedy) {
+    workspace = at::empty({2 * batch * nodes}, long_opts);
+    p.workspace = reinterpret_cast<uint64_t*>(workspace.data_ptr<int64_t>());
+  }
   check_cuda_status(verify::verify_cuda(p, current_stream(draft_tokens)), kOp);
 #endif
   return {accept_len, accept_path, emitted};

@@ -17,7 +17,7 @@ struct RowScratch {
   std::vector<float> scaled;   // s_v = l_v * (1/T)
   std::vector<uint32_t> keys;  // ordered_key(s_v)
   std::vector<float> expo;     // exp(s_v - m) for what top-k kept, else 0
-  std::vector<uint64_t> mass;  // fixed_mass(expo) (top-p input; with want_mass: 0 outside the kept set)
+  std::vector<uint64_t> mass;  // fixed_mass(expo); with want_mass: 0 outside the kept set
 };
 
 // k-th largest key (1-based k), MSB-first radix select.

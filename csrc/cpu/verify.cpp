@@ -92,7 +92,7 @@ struct CpuRow {
 void verify_rows_cpu(const VerifyParams& p, int64_t begin, int64_t end) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    CpuRow<T> row;
+    thread_local CpuRow<T> row;  // scratch reused across calls: no per-call allocation
     for (int64_t b = begin; b < end; ++b) {
       row.reset(p, b);
       verify_request(p, b, row);

@@ -39,7 +39,8 @@ __device__ uint32_t block_kth_largest_key(const T* row, int64_t n, float inv_tem
     }
     __syncthreads();
     // `remaining` is only meaningful in thread 0, which is the only one that reads it.
-    if (threadIdx.x == 0) sm.word = uint32_t(sampling::select_bucket_by_count(sm.hist32, remaining));
+    if (threadIdx.x == 0)
+      sm.word = uint32_t(sampling::select_bucket_by_count(sm.hist32, remaining));
     __syncthreads();
     prefix |= sm.word << shift;
     mask |= 255u << shift;

@@ -110,7 +110,8 @@ int sample_cuda(const SampleParams& p, void* stream) {
   cudaError_t err = cudaSuccess;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    sample_kernel<T><<<dim3(unsigned(p.batch)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    sample_kernel<T>
+        <<<dim3(unsigned(p.batch)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
     err = cudaGetLastError();
   });
   return int(err);

@@ -1,8 +1,13 @@
 // CUDA implementation of domino::verify (semantics in domino/verify.h).
 //
-// One thread block per request. Every thread runs the shared walk (verify_request) redundantly;
-// each question the walk asks about a row (validity and max, the top-k/top-p floor, the total
-// mass, a residual total, an inverse-CDF position) is a block-collective pass over that row whose
+// Greedy (rule 0) first runs a vocabulary-split pre-pass: (rows x vocabulary slices) blocks
+// compute each node row's argmax and validity flags with integer atomics (order independent, so
+// exact), which spreads the only vocabulary-sized work of greedy verification over the whole GPU
+// even at batch 1; the walk then reads one word per visited node.
+//
+// The walk: one thread block per request. Every thread runs the shared walk (verify_request)
+// redundantly; each question the walk asks about a row (validity and max, the top-k/top-p floor,
+// the total mass, a residual total, an inverse-CDF position) is a block-collective pass over that row whose
 // result reaches all threads, so control flow stays uniform and the decisions are those of the
 // CPU kernel bit for bit (integer masses, domino::det float math, pinned double rounding). Only
 // the nodes on the accepted path (plus the final one) are read. No workspace, no host sync: the
@@ -18,6 +23,46 @@ namespace verify {
 namespace {
 
 constexpr int kThreads = 512;
+constexpr int kSplitThreads = 256;
+constexpr int64_t kSplitElems = 2048;  // vocabulary entries per pre-pass block
+
+constexpr uint64_t kFlagBad = 1, kFlagAny = 2;  // row has NaN/+inf; row has a logit > -inf
+
+// Greedy pre-pass: block (row, slice) folds max over its slice of
+//   (ordered_key(l) << 32) | (2^32 - 1 - v)
+// (largest logit, then lowest index; -0 is folded to +0 so ties match the CPU's `l > best`) into
+// keys[row] with atomicMax, and the row flags into flags[row] with atomicOr. Rows of nodes at or
+// beyond num_nodes are not read.
+template <typename T>
+__global__ void __launch_bounds__(kSplitThreads) greedy_prepass_kernel(VerifyParams p) {
+  const int64_t row_i = blockIdx.x;
+  const int64_t b = row_i / p.nodes, node = row_i % p.nodes;
+  if (node >= p.num_nodes[b]) return;
+  const T* row =
+      static_cast<const T*>(p.logits) + b * p.logits_stride_b + node * p.logits_stride_t;
+  const int64_t lo = int64_t(blockIdx.y) * kSplitElems;
+  const int64_t hi = min(p.vocab, lo + kSplitElems);
+  unsigned long long best = 0, flags = 0;
+  for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x) {
+    const float l = to_float(row[v]);
+    if (det::is_nan(l) || l == det::kInf) flags |= kFlagBad;
+    if (!(l > -det::kInf)) continue;  // also skips NaN
+    flags |= kFlagAny;
+    const uint64_t key = (uint64_t(det::ordered_key(l == 0.0f ? 0.0f : l)) << 32) |
+                         (0xffffffffu - uint32_t(v));
+    best = max(best, (unsigned long long)key);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    best = max(best, __shfl_xor_sync(cuda::kFullMask, best, o));
+    flags |= __shfl_xor_sync(cuda::kFullMask, flags, o);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    unsigned long long* keys = reinterpret_cast<unsigned long long*>(p.workspace);
+    if (best) atomicMax(&keys[row_i], best);
+    if (flags) atomicOr(&keys[p.batch * p.nodes + row_i], flags);
+  }
+}
 
 struct Smem {
   cuda::FilterSmem filter;
@@ -43,6 +88,13 @@ struct CudaRow {
   int64_t best = -1;
 
   __device__ bool load(int64_t node, bool greedy) {
+    if (greedy && p->workspace && p->rule == kGreedy) {  // the pre-pass did the work
+      const int64_t i = b * p->nodes + node;
+      const uint64_t flags = p->workspace[p->batch * p->nodes + i];
+      if ((flags & kFlagBad) || !(flags & kFlagAny)) return false;
+      best = int64_t(0xffffffffu - uint32_t(p->workspace[i] & 0xffffffffu));
+      return true;
+    }
     row = static_cast<const T*>(p->logits) + b * p->logits_stride_b + node * p->logits_stride_t;
     inv_temperature = det::div(1.0f, p->temperature[b]);
     const int64_t n = p->vocab;
@@ -146,10 +198,23 @@ int verify_cuda(const VerifyParams& p, void* stream) {
   if (p.batch == 0) return int(cudaSuccess);
   if (p.nodes > kMaxNodes) return int(cudaErrorInvalidValue);
   const size_t dyn = size_t(p.nodes) * (2 * sizeof(int64_t) + sizeof(double));
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const bool prepass = p.rule == kGreedy && p.workspace != nullptr;
   cudaError_t err = cudaSuccess;
+  if (prepass) {
+    err = cudaMemsetAsync(p.workspace, 0, size_t(2 * p.batch * p.nodes) * sizeof(uint64_t), s);
+    if (err != cudaSuccess) return int(err);
+  }
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    verify_kernel<T><<<dim3(unsigned(p.batch)), kThreads, dyn, static_cast<cudaStream_t>(stream)>>>(p);
+    if (prepass) {
+      const dim3 grid(unsigned(p.batch * p.nodes),
+                      unsigned((p.vocab + kSplitElems - 1) / kSplitElems));
+      greedy_prepass_kernel<T><<<grid, kSplitThreads, 0, s>>>(p);
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return;
+    }
+    verify_kernel<T><<<dim3(unsigned(p.batch)), kThreads, dyn, s>>>(p);
     err = cudaGetLastError();
   });
   return int(err);

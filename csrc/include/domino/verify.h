@@ -72,7 +72,8 @@ enum Status : int32_t {
   kBadParams = 6,
 };
 
-constexpr int64_t kMaxNodes = 1024;  // per-request tree size limit (CUDA keeps per-node state in smem)
+// Per-request tree size limit (the CUDA kernel keeps per-node walk state in shared memory).
+constexpr int64_t kMaxNodes = 1024;
 
 struct VerifyParams {
   const int64_t* draft_tokens = nullptr;  // [batch, nodes] contiguous
@@ -95,6 +96,10 @@ struct VerifyParams {
   int64_t* emitted = nullptr;      // [batch, nodes]
   int32_t* status = nullptr;       // [batch] or null: why a request is invalid
   int64_t* status_node = nullptr;  // [batch] or null: the node (or -1) the status refers to
+  // CUDA, rule 0 only: caller-owned scratch of 2 * batch * nodes uint64 for the vocabulary-split
+  // greedy pre-pass (packed argmax keys, then row flags); null elsewhere. Caller-owned so that
+  // the launches stay CUDA-graph capturable.
+  uint64_t* workspace = nullptr;
 };
 
 // ---- exact helpers shared by both devices ---------------------------------------------------
@@ -266,7 +271,9 @@ struct ResidualMass {  // f(v) = R_j(v)
   const Walk* walk;
   Row* row;
   int64_t j;
-  DOMINO_HD_TEMPLATE DOMINO_HD uint64_t operator()(int64_t v) const { return walk->residual(row->mass(v), v, j); }
+  DOMINO_HD_TEMPLATE DOMINO_HD uint64_t operator()(int64_t v) const {
+    return walk->residual(row->mass(v), v, j);
+  }
 };
 
 template <class Row>
@@ -364,10 +371,10 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
         const int64_t c = row.kids[j];
         const int64_t x = walk.token(c);
         const float qx = walk.kid_q(j);
-        const double scale = rule == kRejectionNoReplacement
-                                 ? (dd::sub(1.0, S) > 0.0 ? dd::div(dd::from_u64(M), dd::sub(1.0, S))
-                                                          : double(det::kInf))
-                                 : dd::from_u64(M);
+        const double rest = dd::sub(1.0, S);  // rule 3: mass of q not yet drawn
+        const double scale = rule != kRejectionNoReplacement ? dd::from_u64(M)
+                             : rest > 0.0 ? dd::div(dd::from_u64(M), rest)
+                                          : double(det::kInf);
         if (row.leader()) row.scales[j] = scale;
         row.sync();
         const uint64_t R = walk.residual(row.mass(x), x, j);
