@@ -87,7 +87,7 @@ def make_inputs(B, T, V, dev, seed):
     agree = torch.rand(B, T, generator=g) < 0.8
     for i in range(T - 1):
         # node i's row prefers token tokens[:, i + 1] (boost) where the draft agrees
-        logits[torch.arange(B), i, tokens[:, i + 1]] += torch.where(agree[:, i + 1], 12.0, 0.0)
+        logits[torch.arange(B), i, tokens[:, i + 1]] += torch.where(agree[:, i + 1], 14.0, 0.0)
     q = torch.softmax(logits + torch.randn(B, T, V, generator=g), -1)
     return tokens.to(dev), logits.to(torch.bfloat16).to(dev), q.to(dev)
 

@@ -86,9 +86,15 @@ FilteredRow filter_row(const T* row, int64_t n, float inv_temperature, int64_t t
   if (!any || !det::is_finite(r.m)) return r;
   r.valid = true;
   if (top_k > 0 && top_k < n) r.floor_key = kth_largest_key(s.keys.data(), n, uint32_t(top_k));
+  // Below kNoMass the fixed-point mass is exactly 0 (exp(-28) * 2^40 = 0.76 truncates to 0, and
+  // det::exp is monotone to 1 ulp), so exp is skipped there: identical results, and most of a
+  // real LLM vocabulary lies that far below the max.
+  constexpr float kNoMass = -28.0f;
   s.expo.resize(n);
-  for (int64_t v = 0; v < n; ++v)
-    s.expo[v] = s.keys[v] >= r.floor_key ? det::exp(det::sub(s.scaled[v], r.m)) : 0.0f;
+  for (int64_t v = 0; v < n; ++v) {
+    const float sc = det::sub(s.scaled[v], r.m);
+    s.expo[v] = s.keys[v] >= r.floor_key && sc >= kNoMass ? det::exp(sc) : 0.0f;
+  }
   if (top_p < 1.0f || want_mass) {
     s.mass.resize(n);
     uint64_t total = 0;
