@@ -175,9 +175,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   }
 #ifdef DOMINO_WITH_CUDA
   const c10::cuda::CUDAGuard guard(draft_tokens.device());
-  at::Tensor workspace;  // greedy pre-pass scratch (caching allocator: graph-capturable)
-  if (rule == verify::kGreedy) {
-    workspace = at::empty({2 * batch * nodes}, long_opts);
+  at::Tensor workspace;  // pre-pass scratch (caching allocator: graph-capturable)
+  if (batch <= verify::kPrepassMaxBatch) {
+    workspace = at::empty({verify::kWorkspaceWords * batch * nodes}, long_opts);
     p.workspace = reinterpret_cast<uint64_t*>(workspace.data_ptr<int64_t>());
   }
   check_cuda_status(verify::verify_cuda(p, current_stream(draft_tokens)), kOp);

@@ -79,11 +79,22 @@ inline float exp_nonpositive(float x) {
   return det::mul(det::mul(p, s1), s2);
 }
 
+// det::fixed_mass(e) = trunc(e * 2^40) for e in [0, 1], with int32 conversions only (so the loop
+// vectorises): x = e * 2^40 is exact, hi = trunc(x / 2^16) < 2^24 + 1, and x - hi * 2^16 is exact
+// (a multiple of ulp(x), below 2^16), so hi * 2^16 + trunc(x - hi * 2^16) = trunc(x).
+inline uint64_t fixed_mass_unit(float e) {
+  const float x = det::mul(e, det::kMassScale);
+  const int32_t hi = int32_t(det::mul(x, 1.52587890625e-05f));  // x * 2^-16, truncated
+  const int32_t lo = int32_t(det::sub(x, det::mul(float(hi), 65536.0f)));
+  return (uint64_t(uint32_t(hi)) << 16) + uint64_t(uint32_t(lo));
+}
+
 // Result of filtering one row at temperature T > 0.
 struct FilteredRow {
   bool valid = false;      // false: a NaN/+inf logit, every logit -inf, or the max overflows
   float m = 0.0f;          // max scaled logit
   uint32_t floor_key = 0;  // kept set = {v : keys[v] >= floor_key}
+  uint64_t total = 0;      // with want_mass: W, the sum of the kept tokens' masses
 };
 
 // Scales the row by inv_temperature (= det::div(1, T), rounded once), finds the max, applies
@@ -124,15 +135,18 @@ FilteredRow filter_row(const T* row, int64_t n, float inv_temperature, int64_t t
   if (top_p < 1.0f || want_mass) {
     s.mass.resize(n);
     uint64_t total = 0;
-    for (int64_t v = 0; v < n; ++v) total += s.mass[v] = det::fixed_mass(s.expo[v]);
+    for (int64_t v = 0; v < n; ++v) total += s.mass[v] = fixed_mass_unit(s.expo[v]);
     if (top_p < 1.0f) {
       const uint32_t pk = top_p_key(s.keys.data(), s.mass.data(), n, r.floor_key,
                                     double(top_p) * double(total));
       if (pk > r.floor_key) r.floor_key = pk;
     }
-    if (want_mass)
+    if (want_mass && top_p < 1.0f) {
+      total = 0;
       for (int64_t v = 0; v < n; ++v)
-        if (s.keys[v] < r.floor_key) s.mass[v] = 0;
+        total += s.mass[v] = s.keys[v] >= r.floor_key ? s.mass[v] : 0;
+    }
+    r.total = total;
   }
   return r;
 }

@@ -57,8 +57,7 @@ struct CpuRow {
         cpu::filter_row(row, n, det::div(1.0f, p->temperature[b]), top_k, top_p,
                          /*want_mass=*/true, s);
     if (!fr.valid) return false;
-    W = 0;
-    for (int64_t v = 0; v < n; ++v) W += s.mass[v];
+    W = fr.total;
     return true;
   }
 

@@ -1,9 +1,13 @@
 // CUDA implementation of domino::verify (semantics in domino/verify.h).
 //
-// Greedy (rule 0) first runs a vocabulary-split pre-pass: (rows x vocabulary slices) blocks
-// compute each node row's argmax and validity flags with integer atomics (order independent, so
-// exact), which spreads the only vocabulary-sized work of greedy verification over the whole GPU
-// even at batch 1; the walk then reads one word per visited node.
+// Small batches (the binding passes a workspace when batch <= kPrepassMaxBatch) first run a
+// vocabulary-split pre-pass over every node row: (rows x vocabulary slices) blocks fold, with
+// integer atomics (order independent, so exact), each row's argmax and validity flags (greedy),
+// or its max scaled logit, flags and total mass W (stochastic rules; two phases). This spreads
+// the vocabulary-sized work over the whole GPU even at batch 1: the greedy walk then reads one
+// word per visited node, and the stochastic walk skips its max and mass passes (requests with
+// top-k/top-p on still filter in the walk). Large batches skip it: one block per request already
+// fills the GPU and reads only visited rows.
 //
 // The walk: one thread block per request. Every thread runs the shared walk (verify_request)
 // redundantly; each question the walk asks about a row (validity and max, the top-k/top-p floor,
@@ -64,6 +68,65 @@ __global__ void __launch_bounds__(kSplitThreads) greedy_prepass_kernel(VerifyPar
   }
 }
 
+// Stochastic pre-pass (rules 1-3), phase 1: per (row, slice), the max ordered key of the scaled
+// logits (atomicMax) and the row flags (atomicOr). Rows of greedy (temperature 0) or invalid
+// temperature requests, and of nodes at or beyond num_nodes, are skipped: the walk handles them.
+__device__ __forceinline__ bool prepass_row(const VerifyParams& p, int64_t b, int64_t node) {
+  const float t = p.temperature[b];
+  return node < p.num_nodes[b] && t > 0.0f;  // false for NaN too
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kSplitThreads) max_prepass_kernel(VerifyParams p) {
+  const int64_t row_i = blockIdx.x;
+  const int64_t b = row_i / p.nodes, node = row_i % p.nodes;
+  if (!prepass_row(p, b, node)) return;
+  const float inv_t = det::div(1.0f, p.temperature[b]);
+  const T* row =
+      static_cast<const T*>(p.logits) + b * p.logits_stride_b + node * p.logits_stride_t;
+  const int64_t lo = int64_t(blockIdx.y) * kSplitElems;
+  const int64_t hi = min(p.vocab, lo + kSplitElems);
+  uint32_t best = 0;
+  unsigned long long flags = 0;
+  for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x) {
+    const float l = to_float(row[v]);
+    if (det::is_nan(l) || l == det::kInf) flags |= kFlagBad;
+    if (l > -det::kInf) flags |= kFlagAny;
+    best = max(best, det::ordered_key(det::mul(l, inv_t)));
+  }
+  best = cuda::warp_max_u32(best);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) flags |= __shfl_xor_sync(cuda::kFullMask, flags, o);
+  if ((threadIdx.x & 31) == 0) {
+    unsigned long long* ws = reinterpret_cast<unsigned long long*>(p.workspace);
+    atomicMax(&ws[row_i], (unsigned long long)best);
+    if (flags) atomicOr(&ws[p.batch * p.nodes + row_i], flags);
+  }
+}
+
+// Phase 2: per (row, slice), the row's unfiltered total mass W = sum fixed_mass(exp(s - m))
+// (atomicAdd of integers: exact in any order). Only used by requests whose top-k/top-p are off.
+template <typename T>
+__global__ void __launch_bounds__(kSplitThreads) mass_prepass_kernel(VerifyParams p) {
+  const int64_t row_i = blockIdx.x;
+  const int64_t b = row_i / p.nodes, node = row_i % p.nodes;
+  if (!prepass_row(p, b, node)) return;
+  unsigned long long* ws = reinterpret_cast<unsigned long long*>(p.workspace);
+  const int64_t rows = p.batch * p.nodes;
+  const float m = det::key_to_float(uint32_t(ws[row_i]));
+  if ((ws[rows + row_i] & kFlagBad) || !det::is_finite(m)) return;
+  const float inv_t = det::div(1.0f, p.temperature[b]);
+  const T* row =
+      static_cast<const T*>(p.logits) + b * p.logits_stride_b + node * p.logits_stride_t;
+  const int64_t lo = int64_t(blockIdx.y) * kSplitElems;
+  const int64_t hi = min(p.vocab, lo + kSplitElems);
+  unsigned long long w = 0;
+  for (int64_t v = lo + threadIdx.x; v < hi; v += blockDim.x)
+    w += det::fixed_mass(det::exp(det::sub(det::mul(to_float(row[v]), inv_t), m)));
+  w = cuda::warp_sum(w);
+  if ((threadIdx.x & 31) == 0 && w) atomicAdd(&ws[2 * rows + row_i], w);
+}
+
 struct Smem {
   cuda::FilterSmem filter;
   cuda::ArgMax red_argmax[32];
@@ -98,6 +161,19 @@ struct CudaRow {
     row = static_cast<const T*>(p->logits) + b * p->logits_stride_b + node * p->logits_stride_t;
     inv_temperature = det::div(1.0f, p->temperature[b]);
     const int64_t n = p->vocab;
+    const int64_t top_k = p->top_k ? p->top_k[b] : 0;
+    const float top_p = p->top_p ? p->top_p[b] : 1.0f;
+    const bool filters_off = !(top_k > 0 && top_k < n) && !(top_p < 1.0f);
+    if (!greedy && p->workspace && p->rule != kGreedy && filters_off) {  // pre-pass: m and W
+      const int64_t rows = p->batch * p->nodes, i = b * p->nodes + node;
+      const uint64_t flags = p->workspace[rows + i];
+      if ((flags & kFlagBad) || !(flags & kFlagAny)) return false;
+      m = det::key_to_float(uint32_t(p->workspace[i]));
+      if (!det::is_finite(m)) return false;
+      floor_key = 0;
+      W = p->workspace[2 * rows + i];
+      return true;
+    }
     int bad = 0, any = 0;
     cuda::ArgMax am{-det::kInf, -1};
     uint32_t max_key = 0;
@@ -122,8 +198,6 @@ struct CudaRow {
     max_key = cuda::block_max_u32(max_key, sm->red_u32);
     m = det::key_to_float(max_key);
     if (!det::is_finite(m)) return false;
-    const int64_t top_k = p->top_k ? p->top_k[b] : 0;
-    const float top_p = p->top_p ? p->top_p[b] : 1.0f;
     floor_key = cuda::block_filter_floor(row, n, inv_temperature, m, top_k, top_p, sm->filter);
     unsigned long long t = 0;
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) t += mass(v);
@@ -199,10 +273,11 @@ int verify_cuda(const VerifyParams& p, void* stream) {
   if (p.nodes > kMaxNodes) return int(cudaErrorInvalidValue);
   const size_t dyn = size_t(p.nodes) * (2 * sizeof(int64_t) + sizeof(double));
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool prepass = p.rule == kGreedy && p.workspace != nullptr;
+  const bool prepass = p.workspace != nullptr;
   cudaError_t err = cudaSuccess;
   if (prepass) {
-    err = cudaMemsetAsync(p.workspace, 0, size_t(2 * p.batch * p.nodes) * sizeof(uint64_t), s);
+    err = cudaMemsetAsync(p.workspace, 0, size_t(kWorkspaceWords * p.batch * p.nodes) *
+                                              sizeof(uint64_t), s);
     if (err != cudaSuccess) return int(err);
   }
   dispatch_dtype(p.dtype, [&](auto tag) {
@@ -210,7 +285,12 @@ int verify_cuda(const VerifyParams& p, void* stream) {
     if (prepass) {
       const dim3 grid(unsigned(p.batch * p.nodes),
                       unsigned((p.vocab + kSplitElems - 1) / kSplitElems));
-      greedy_prepass_kernel<T><<<grid, kSplitThreads, 0, s>>>(p);
+      if (p.rule == kGreedy) {
+        greedy_prepass_kernel<T><<<grid, kSplitThreads, 0, s>>>(p);
+      } else {
+        max_prepass_kernel<T><<<grid, kSplitThreads, 0, s>>>(p);
+        mass_prepass_kernel<T><<<grid, kSplitThreads, 0, s>>>(p);
+      }
       err = cudaGetLastError();
       if (err != cudaSuccess) return;
     }

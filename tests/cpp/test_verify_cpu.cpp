@@ -96,5 +96,11 @@ int main() {
     exp_mismatch += float_to_bits(cpu::exp_nonpositive(x)) != float_to_bits(det::exp(x));
   }
   CHECK(exp_mismatch == 0);
+  // ... and its fixed-point mass is det::fixed_mass on [0, 1].
+  int64_t mass_mismatch = 0;
+  for (uint32_t u = 0; bits_to_float(u) <= 1.0f; u += 53)
+    mass_mismatch += cpu::fixed_mass_unit(bits_to_float(u)) != det::fixed_mass(bits_to_float(u));
+  mass_mismatch += cpu::fixed_mass_unit(1.0f) != det::fixed_mass(1.0f);
+  CHECK(mass_mismatch == 0);
   TEST_MAIN_END();
 }

@@ -96,11 +96,16 @@ struct VerifyParams {
   int64_t* emitted = nullptr;      // [batch, nodes]
   int32_t* status = nullptr;       // [batch] or null: why a request is invalid
   int64_t* status_node = nullptr;  // [batch] or null: the node (or -1) the status refers to
-  // CUDA, rule 0 only: caller-owned scratch of 2 * batch * nodes uint64 for the vocabulary-split
-  // greedy pre-pass (packed argmax keys, then row flags); null elsewhere. Caller-owned so that
-  // the launches stay CUDA-graph capturable.
+  // CUDA only: caller-owned scratch of kWorkspaceWords * batch * nodes uint64 for the
+  // vocabulary-split pre-pass (per row: argmax or max key, flags, total mass), or null to skip
+  // it. Caller-owned so that the launches stay CUDA-graph capturable.
   uint64_t* workspace = nullptr;
 };
+
+constexpr int64_t kWorkspaceWords = 3;
+// The CUDA binding passes a workspace (runs the pre-pass) up to this batch size: below it one
+// block per request would leave most of an H100/H200's 132 SMs idle.
+constexpr int64_t kPrepassMaxBatch = 16;
 
 // ---- exact helpers shared by both devices ---------------------------------------------------
 
