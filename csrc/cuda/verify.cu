@@ -255,7 +255,7 @@ struct CudaRow {
 template <typename T>
 __global__ void __launch_bounds__(kThreads) verify_kernel(VerifyParams p) {
   __shared__ Smem sm;
-  extern __shared__ unsigned char dyn[];  // kids, kid_tok [nodes] int64; scales [nodes] double
+  extern __shared__ __align__(16) unsigned char dyn[];  // kids, kid_tok: int64; scales: double
   CudaRow<T> row;
   row.p = &p;
   row.b = blockIdx.x;
