@@ -50,7 +50,8 @@ def verify():
                                         for a in args])
         assert out[0][4].item() == -1, "verify: bad token id not flagged on CUDA"
         ref = dk.reference.verify(*args)
-        assert all(torch.equal(a.cpu(), b) for a, b in zip(out, ref)), f"verify rule {rule}: CUDA != reference"
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(out, ref)), \
+            f"verify rule {rule}: CUDA != reference"
 
 
 def main(names) -> int:

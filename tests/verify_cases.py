@@ -27,7 +27,9 @@ def op_args(tokens, parents, logits, *, rule="greedy", num_nodes=None, temperatu
             top_k=None, top_p=None, draft_probs=None, draft_token_probs=None, seed=0, offset=0):
     """Positional arguments of torch.ops.domino.verify (per-request tensors built here)."""
     B, T = tokens.shape
-    full = lambda v, dt: v.to(dt) if isinstance(v, torch.Tensor) else torch.full((B,), v, dtype=dt)  # noqa: E731
+    def full(v, dt):
+        return v.to(dt) if isinstance(v, torch.Tensor) else torch.full((B,), v, dtype=dt)
+
     return (tokens, parents, full(T if num_nodes is None else num_nodes, torch.int64), logits,
             full(temperature, torch.float32),
             None if top_k is None else full(top_k, torch.int64),

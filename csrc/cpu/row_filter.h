@@ -56,8 +56,8 @@ inline uint32_t top_p_key(const uint32_t* keys, const uint64_t* mass, int64_t n,
 
 // det::exp's exact operation sequence for x in [-87.33, 0] (no NaN), without its range branches
 // and with floor done by truncation, so that the compiler can vectorise the loops calling it.
-// Bit-identical to det::exp on that range (the row filter uses [-28, 0]) (tests/cpp/test_verify_cpu.cpp checks millions of
-// points).
+// Bit-identical to det::exp on that range (the row filter uses [-28, 0]);
+// tests/cpp/test_verify_cpu.cpp checks millions of points.
 inline float exp_nonpositive(float x) {
   const float y = det::add(det::mul(x, 1.44269504089f), 0.5f);
   const float t = float(int32_t(y));  // truncation toward 0; floor(y) = t, or t - 1 when t > y

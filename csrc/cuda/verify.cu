@@ -11,11 +11,11 @@
 //
 // The walk: one thread block per request. Every thread runs the shared walk (verify_request)
 // redundantly; each question the walk asks about a row (validity and max, the top-k/top-p floor,
-// the total mass, a residual total, an inverse-CDF position) is a block-collective pass over that row whose
-// result reaches all threads, so control flow stays uniform and the decisions are those of the
-// CPU kernel bit for bit (integer masses, domino::det float math, pinned double rounding). Only
-// the nodes on the accepted path (plus the final one) are read. No workspace, no host sync: the
-// op can be captured in a CUDA graph.
+// the total mass, a residual total, an inverse-CDF position) is a block-collective pass over
+// that row whose result reaches all threads, so control flow stays uniform and the decisions are
+// those of the CPU kernel bit for bit (integer masses, domino::det float math, pinned double
+// rounding). Without the pre-pass only the nodes on the accepted path (plus the final one) are
+// read. No host sync, caller-owned workspace: the op can be captured in a CUDA graph.
 #include <cuda_runtime.h>
 
 #include "domino/cuda_utils.cuh"
