@@ -41,7 +41,9 @@ def sources(pattern):
 
 
 with_cuda = want_cuda()
-cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
+# No -std for C++: torch picks the standard its headers need (torch 2.14's headers need C++20 and
+# fail under -std=c++17); csrc/ itself stays C++17, which the CMake build enforces.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fvisibility=hidden",
              f'-DDOMINO_TORCH_VERSION="{torch.__version__}"']
 nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
               "--threads", os.environ.get("NVCC_THREADS", "2")]

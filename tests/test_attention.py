@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import domino_kernels as dk
 from domino_kernels.reference import attention as ref
-from attention_cases import make_case, random_parents, ragged_tree_mask
+from tests.attention_cases import make_case, random_parents, ragged_tree_mask
 
 MODES = {"causal": ref.CAUSAL, "tree": ref.TREE, "full": ref.FULL}
 # Output tolerance against the fp32 reference computed from the same (rounded) inputs: fp32 is
