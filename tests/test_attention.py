@@ -239,9 +239,10 @@ def test_torch_compile_fullgraph():
 
 # ---- CUDA ----------------------------------------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-# CUDA vs CPU: both accumulate in fp32 in different orders (and the CUDA exp is __expf-class), so
-# outputs agree to fp32 reduction noise, or to one rounding of the output dtype.
-CUDA_TOL = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
+# CUDA vs CPU: both accumulate in fp32 in different orders, so fp32 outputs agree to reduction
+# noise; for bf16/fp16 the tensor-core path also rounds P to the input dtype before P V (as
+# FlashAttention does), which adds about one rounding of the output dtype.
+CUDA_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 4e-3}
 
 
 @cuda
@@ -249,7 +250,11 @@ CUDA_TOL = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("page_size,group,d", [(1, 1, 64), (16, 4, 128), (None, 8, 128),
                                                 (16, 4, 64), (4, 3, 40)])
-def test_cuda_matches_cpu(mode, dtype, page_size, group, d):
+@pytest.mark.parametrize("mma", ["1", "0"])  # tensor-core path (bf16/fp16, D 64/128) or CUDA cores
+def test_cuda_matches_cpu(mode, dtype, page_size, group, d, mma, monkeypatch):
+    monkeypatch.setenv("DOMINO_ATTENTION_MMA", mma)
+    if mma == "0" and dtype != torch.bfloat16:
+        pytest.skip("the CUDA-core path is covered by fp32 and bf16")
     for idx, (prefix, new) in enumerate(RAGGED + [([2500, 9], [16, 64])]):
         case = make_case(prefix, new, hq=2 * group, hkv=2, d=d, page_size=page_size, dtype=dtype,
                          seed=idx, tree=(mode == "tree"))

@@ -14,6 +14,10 @@
 // clamped/checked in the kernel (defined results in attention.h), so the op is graph capturable.
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <cstdlib>
+#include <type_traits>
+
 #include "domino/attention.h"
 #include "domino/cuda_utils.cuh"
 
@@ -276,6 +280,302 @@ cudaError_t launch_attention(const AttentionParams& p, int64_t num_splits, float
   return cudaGetLastError();
 }
 
+// ---- tensor-core path (bf16 / fp16, head_dim 64 or 128) ----------------------------------------
+// Same work decomposition as attention_kernel (64 query rows x one KV head x one key split per
+// CTA), FlashAttention-2 style: 4 warps, each owns 16 query rows; per 64-key block S = Q K^T and
+// O += P V run on mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate), the online softmax runs on
+// the fp32 accumulator fragments (P is rounded to the input dtype for the P V product, as in
+// FlashAttention). K/V are loaded with 16-byte vector loads, all of a thread's loads issued before
+// any is stored, so each CTA keeps 32 KiB of the KV stream in flight.
+constexpr int kMmaThreads = 128;
+constexpr int kMmaRows = 64;
+constexpr int kMmaKeys = 64;
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, bf16_t>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#else
+  __trap();  // never launched below sm_80 (the package builds sm_80 and sm_90a)
+#endif
+}
+
+// Two floats -> the 16-bit pair of an mma operand register (lower k index in the low half).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  return uint32_t(from_float<T>(lo).bits) | (uint32_t(from_float<T>(hi).bits) << 16);
+}
+
+__device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+template <int D>
+struct MmaTile {
+  static constexpr int kQKStride = D + 8;         // Qs/Ks row stride (elements): conflict-free
+  static constexpr int kVStride = kMmaKeys + 8;   // Vt row stride
+  static constexpr size_t kSmemBytes =
+      (size_t(kMmaRows) * kQKStride + size_t(kMmaKeys) * kQKStride + size_t(D) * kVStride) * 2;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads)
+    attention_mma_kernel(AttentionParams p, int64_t num_splits, float* ws_out, float* ws_lse) {
+  using TileT = MmaTile<D>;
+  constexpr int QK = TileT::kQKStride, VS = TileT::kVStride;
+  extern __shared__ uint4 smem_mma[];
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_mma);
+  uint16_t* Ks = Qs + kMmaRows * QK;
+  uint16_t* Vt = Ks + kMmaKeys * QK;  // V transposed: [D][keys]
+  __shared__ int64_t k_off[kMmaKeys], v_off[kMmaKeys];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;  // mma fragment coordinates
+  const int64_t Hq = p.num_q_heads;
+  const int64_t G = Hq / p.kv.num_kv_heads;
+
+  int64_t x = blockIdx.x, b = 0;
+  RequestSpan span{0, 0, 0};
+  for (; b < p.batch; ++b) {
+    span = request_span(p.kv_lens, p.q_cu_lens, p.total_q, b);
+    const int64_t tiles = (span.n_new * G + kMmaRows - 1) / kMmaRows;
+    if (x < tiles) break;
+    x -= tiles;
+  }
+  if (b >= p.batch) return;
+  const int64_t kvh = blockIdx.y, split = blockIdx.z;
+  const int64_t r0 = x * kMmaRows, r1 = imin(span.n_new * G, r0 + kMmaRows);
+  const int64_t capacity = p.kv.max_pages * p.kv.page_size;
+  const int64_t key_end = imin(capacity, key_end_for_token(p.mask_mode, span, (r1 - 1) / G));
+  const int64_t chunk =
+      ((key_end + num_splits - 1) / num_splits + kMmaKeys - 1) / kMmaKeys * kMmaKeys;
+  const int64_t k_lo = imin(key_end, split * chunk), k_hi = imin(key_end, (split + 1) * chunk);
+
+  // Query tile -> shared (raw 16-bit values) -> A fragments in registers for the whole CTA life.
+  const uint16_t* q = static_cast<const uint16_t*>(p.q);
+  for (int e = tid; e < kMmaRows * D; e += kMmaThreads) {
+    const int r = e / D, d = e % D;
+    const int64_t rr = r0 + r;
+    uint16_t v = 0;
+    if (rr < r1) {
+      const int64_t i = rr / G, head = kvh * G + rr % G;
+      v = q[(span.q_begin + i) * p.q_tok_stride + head * p.q_head_stride + d];
+    }
+    Qs[r * QK + d] = v;
+  }
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kt = 0; kt < D / 16; ++kt) {
+    const uint16_t* base = Qs + (warp * 16 + g) * QK + kt * 16 + t * 2;
+    qf[kt][0] = lds32(base);
+    qf[kt][1] = lds32(base + 8 * QK);
+    qf[kt][2] = lds32(base + 8);
+    qf[kt][3] = lds32(base + 8 * QK + 8);
+  }
+
+  // This thread's two rows (tile-local): lo = warp*16 + g, hi = lo + 8.
+  const int row_lo = warp * 16 + g;
+  float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
+  float o[D / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[dt][e] = 0.0f;
+
+  const uint16_t* kc = static_cast<const uint16_t*>(p.kv.k);
+  const uint16_t* vc = static_cast<const uint16_t*>(p.kv.v);
+  constexpr int kChunksPerKey = D / 8;  // 16-byte chunks
+  constexpr int kLoads = kMmaKeys * kChunksPerKey / kMmaThreads;
+  for (int64_t k0 = k_lo; k0 < k_hi; k0 += kMmaKeys) {
+    __syncthreads();  // previous block consumed
+    if (tid < kMmaKeys) {
+      const int64_t pos = k0 + tid;
+      const int64_t page = pos < k_hi ? page_of(p.kv, b, pos) : -1;
+      const int64_t slot = pos % p.kv.page_size;
+      k_off[tid] = page < 0 ? -1
+                            : cache_offset(page, slot, kvh, p.kv.k_page_stride,
+                                           p.kv.k_slot_stride, p.kv.k_head_stride);
+      v_off[tid] = page < 0 ? -1
+                            : cache_offset(page, slot, kvh, p.kv.v_page_stride,
+                                           p.kv.v_slot_stride, p.kv.v_head_stride);
+    }
+    __syncthreads();
+    uint4 kr[kLoads], vr[kLoads];
+#pragma unroll
+    for (int c = 0; c < kLoads; ++c) {
+      const int idx = tid + c * kMmaThreads, key = idx / kChunksPerKey, ch = idx % kChunksPerKey;
+      const int64_t ko = k_off[key];
+      kr[c] = make_uint4(0, 0, 0, 0);
+      vr[c] = make_uint4(0, 0, 0, 0);
+      if (ko >= 0) {
+        kr[c] = *reinterpret_cast<const uint4*>(kc + ko + ch * 8);
+        vr[c] = *reinterpret_cast<const uint4*>(vc + v_off[key] + ch * 8);
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < kLoads; ++c) {
+      const int idx = tid + c * kMmaThreads, key = idx / kChunksPerKey, ch = idx % kChunksPerKey;
+      *reinterpret_cast<uint4*>(Ks + key * QK + ch * 8) = kr[c];
+      const uint32_t w[4] = {vr[c].x, vr[c].y, vr[c].z, vr[c].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        Vt[(ch * 8 + 2 * e) * VS + key] = uint16_t(w[e] & 0xffffu);
+        Vt[(ch * 8 + 2 * e + 1) * VS + key] = uint16_t(w[e] >> 16);
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T for this warp's 16 rows x 64 keys (8 n-tiles of 8 keys).
+    float s[kMmaKeys / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kMmaKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+#pragma unroll
+    for (int kt = 0; kt < D / 16; ++kt)
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
+        const uint16_t* kb = Ks + (nt * 8 + g) * QK + kt * 16 + t * 2;
+        mma_16816<T>(s[nt], qf[kt], lds32(kb), lds32(kb + 8));
+      }
+
+    // Scale, mask (element (nt, e): row lo/hi for e < 2 / e >= 2, key nt*8 + 2t + (e & 1)).
+#pragma unroll
+    for (int nt = 0; nt < kMmaKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = nt * 8 + t * 2 + (e & 1);
+        const int64_t pos = k0 + key, rr = r0 + row_lo + (e >= 2 ? 8 : 0);
+        bool vis = k_off[key] >= 0 && rr < r1;
+        if (vis && pos >= span.kv_len) {
+          const int64_t i = rr / G;
+          vis = new_token_visible(p.mask_mode, p.tree_mask, p.mask_words, span.q_begin + i, i,
+                                  pos - span.kv_len);
+        }
+        s[nt][e] = vis ? s[nt][e] * p.scale : kNegInf;
+      }
+
+    // Online softmax per row; a row is spread over the 4 threads of a quad.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = kNegInf;
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(cuda::kFullMask, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(cuda::kFullMask, mx, 2));
+      const float m_new = fmaxf(m[h], mx);
+      const float base = m_new == kNegInf ? 0.0f : m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
+        s[nt][2 * h] = expf(s[nt][2 * h] - base);
+        s[nt][2 * h + 1] = expf(s[nt][2 * h + 1] - base);
+        sum += s[nt][2 * h] + s[nt][2 * h + 1];
+      }
+      sum += __shfl_xor_sync(cuda::kFullMask, sum, 1);
+      sum += __shfl_xor_sync(cuda::kFullMask, sum, 2);
+      const float alpha = expf(m[h] - base);
+      l[h] = l[h] * alpha + sum;
+      m[h] = m_new;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[dt][2 * h] *= alpha;
+        o[dt][2 * h + 1] *= alpha;
+      }
+    }
+
+    // O += P V: the S accumulators of n-tiles (2kk, 2kk+1) are the A fragment of key slab kk.
+#pragma unroll
+    for (int kk = 0; kk < kMmaKeys / 16; ++kk) {
+      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                             pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const uint16_t* vb = Vt + (dt * 8 + g) * VS + kk * 16 + t * 2;
+        mma_16816<T>(o[dt], a, lds32(vb), lds32(vb + 8));
+      }
+    }
+  }
+
+  // Normalise and write (element (dt, e): row lo/hi, dim dt*8 + 2t + (e & 1)).
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t rr = r0 + row_lo + 8 * h;
+    if (rr >= r1) continue;
+    const int64_t i = rr / G, head = kvh * G + rr % G;
+    const int64_t row = (span.q_begin + i) * Hq + head;
+    const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+    const float lse = l[h] > 0.0f ? m[h] + logf(l[h]) : kNegInf;
+    if (num_splits > 1) {
+      const int64_t slot = split * p.total_q * Hq + row;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        ws_out[slot * D + dt * 8 + 2 * t] = o[dt][2 * h] * inv;
+        ws_out[slot * D + dt * 8 + 2 * t + 1] = o[dt][2 * h + 1] * inv;
+      }
+      if (t == 0) ws_lse[slot] = lse;
+    } else {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        out[row * D + dt * 8 + 2 * t] = from_float<T>(o[dt][2 * h] * inv);
+        out[row * D + dt * 8 + 2 * t + 1] = from_float<T>(o[dt][2 * h + 1] * inv);
+      }
+      if (t == 0 && p.lse) p.lse[row] = lse;
+    }
+  }
+}
+
+template <typename T, int D>
+cudaError_t launch_attention_mma(const AttentionParams& p, int64_t num_splits, float* ws_out,
+                                 float* ws_lse, cudaStream_t stream) {
+  const size_t smem = MmaTile<D>::kSmemBytes;
+  auto kernel = attention_mma_kernel<T, D>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  const int64_t G = p.num_q_heads / p.kv.num_kv_heads;
+  const int64_t tiles = (p.total_q * G + kMmaRows - 1) / kMmaRows + p.batch;
+  const dim3 grid(unsigned(tiles), unsigned(p.kv.num_kv_heads), unsigned(num_splits));
+  kernel<<<grid, kMmaThreads, smem, stream>>>(p, num_splits, ws_out, ws_lse);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || num_splits <= 1) return err;
+  const int64_t rows = p.total_q * p.num_q_heads;
+  merge_kernel<T><<<unsigned((rows + kWarps - 1) / kWarps), kThreads, 0, stream>>>(
+      p, num_splits, ws_out, ws_lse);
+  return cudaGetLastError();
+}
+
+// The tensor-core path needs 16-bit inputs, head_dim 64 or 128, and 16-byte aligned cache rows
+// (vector loads); DOMINO_ATTENTION_MMA=0 forces the CUDA-core kernel (for A/B checks).
+bool use_mma_path(const AttentionParams& p) {
+  if (p.dtype == DType::F32 || (p.head_dim != 64 && p.head_dim != 128)) return false;
+  const char* env = std::getenv("DOMINO_ATTENTION_MMA");
+  if (env != nullptr && env[0] == '0') return false;
+  const PagedKV& kv = p.kv;
+  const int64_t strides[] = {kv.k_page_stride, kv.k_slot_stride, kv.k_head_stride,
+                             kv.v_page_stride, kv.v_slot_stride, kv.v_head_stride};
+  for (int64_t st : strides)
+    if (st % 8 != 0) return false;
+  return reinterpret_cast<uintptr_t>(kv.k) % 16 == 0 && reinterpret_cast<uintptr_t>(kv.v) % 16 == 0;
+}
+
 // ---- append_kv: one CTA per new-token row --------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kThreads) append_kv_kernel(AppendParams p) {
@@ -349,6 +649,14 @@ int attention_cuda(const AttentionParams& p, int64_t num_splits, float* ws_out, 
   if (p.total_q == 0 || p.batch == 0) return int(cudaSuccess);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   cudaError_t err = cudaErrorInvalidValue;
+  if (use_mma_path(p)) {
+    const bool d64 = p.head_dim == 64;
+    if (p.dtype == DType::BF16)
+      return int(d64 ? launch_attention_mma<bf16_t, 64>(p, num_splits, ws_out, ws_lse, s)
+                     : launch_attention_mma<bf16_t, 128>(p, num_splits, ws_out, ws_lse, s));
+    return int(d64 ? launch_attention_mma<f16_t, 64>(p, num_splits, ws_out, ws_lse, s)
+                   : launch_attention_mma<f16_t, 128>(p, num_splits, ws_out, ws_lse, s));
+  }
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (p.head_dim <= 32) err = launch_attention<T, 1, 8>(p, num_splits, ws_out, ws_lse, s);
