@@ -42,7 +42,7 @@ def test_matches_reference_ragged(mode, page_size, group):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [64, 128, 40])
+@pytest.mark.parametrize("d", [64, 128, 40, 256])
 def test_dtypes_and_head_dims(dtype, d):
     case = make_case([70, 9], [6, 33], hq=8, hkv=2, d=d, page_size=16, dtype=dtype, seed=d,
                      tree=True)
@@ -178,6 +178,12 @@ def test_bad_input_names_the_argument():
     expect_error("tree_mask", lambda: attn(*c.args(), mode="tree", tree_mask=c.tree_mask[:-1]))
     expect_error("mode", lambda: attn(*c.args(), mode="sliding"))
     expect_error("mask_mode", lambda: torch.ops.domino.tree_attention(*c.args(), None, 5, 1.0, False))
+    # head_dim > 256
+    big_cache = torch.zeros(2, 4, 1, 264)
+    expect_error("k_cache", lambda: attn(torch.zeros(2, 2, 264), big_cache, big_cache,
+                                         torch.tensor([[0, 1]], dtype=torch.int32),
+                                         torch.tensor([3], dtype=torch.int32),
+                                         torch.tensor([0, 2], dtype=torch.int32)))
     # mask words too short: a request with 40 new tokens and a one-word mask
     c2 = make_case([2], [40], hq=2, hkv=1, d=16, page_size=8, seed=14)
     expect_error("tree_mask", lambda: attn(*c2.args(), mode="tree",
