@@ -286,7 +286,8 @@ cudaError_t launch_attention(const AttentionParams& p, int64_t num_splits, float
 // O += P V run on mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate), the online softmax runs on
 // the fp32 accumulator fragments (P is rounded to the input dtype for the P V product, as in
 // FlashAttention). K/V are loaded with 16-byte vector loads, all of a thread's loads issued before
-// any is stored, so each CTA keeps 32 KiB of the KV stream in flight.
+// any is stored, so each CTA keeps 32 KiB of the KV stream in flight; both are stored row-major
+// (conflict-free 16-byte stores) and V's B fragments are read with ldmatrix.trans.
 constexpr int kMmaThreads = 128;
 constexpr int kMmaRows = 64;
 constexpr int kMmaKeys = 64;
@@ -319,6 +320,20 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return uint32_t(from_float<T>(lo).bits) | (uint32_t(from_float<T>(hi).bits) << 16);
 }
 
+// Two 8x8 16-bit matrices from shared memory, transposed: lane i receives rows 2(i%4), 2(i%4)+1
+// and column i/4 of each, i.e. the "col" B fragment of m16n8k16 when rows are k.
+__device__ __forceinline__ void ldmatrix_x2_trans(const uint16_t* row, uint32_t& r0, uint32_t& r1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r0), "=r"(r1)
+               : "r"(addr));
+#else
+  r0 = r1 = 0;
+  __trap();
+#endif
+}
+
 __device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
@@ -326,20 +341,19 @@ __device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
 template <int D>
 struct MmaTile {
   static constexpr int kQKStride = D + 8;         // Qs/Ks row stride (elements): conflict-free
-  static constexpr int kVStride = kMmaKeys + 8;   // Vt row stride
   static constexpr size_t kSmemBytes =
-      (size_t(kMmaRows) * kQKStride + size_t(kMmaKeys) * kQKStride + size_t(D) * kVStride) * 2;
+      (size_t(kMmaRows) + 2 * size_t(kMmaKeys)) * kQKStride * 2;  // Qs, Ks, Vs (16-bit)
 };
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads)
     attention_mma_kernel(AttentionParams p, int64_t num_splits, float* ws_out, float* ws_lse) {
   using TileT = MmaTile<D>;
-  constexpr int QK = TileT::kQKStride, VS = TileT::kVStride;
+  constexpr int QK = TileT::kQKStride;
   extern __shared__ uint4 smem_mma[];
   uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_mma);
   uint16_t* Ks = Qs + kMmaRows * QK;
-  uint16_t* Vt = Ks + kMmaKeys * QK;  // V transposed: [D][keys]
+  uint16_t* Vs = Ks + kMmaKeys * QK;  // [keys][D], like Ks; P V reads it with ldmatrix.trans
   __shared__ int64_t k_off[kMmaKeys], v_off[kMmaKeys];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -430,12 +444,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     for (int c = 0; c < kLoads; ++c) {
       const int idx = tid + c * kMmaThreads, key = idx / kChunksPerKey, ch = idx % kChunksPerKey;
       *reinterpret_cast<uint4*>(Ks + key * QK + ch * 8) = kr[c];
-      const uint32_t w[4] = {vr[c].x, vr[c].y, vr[c].z, vr[c].w};
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        Vt[(ch * 8 + 2 * e) * VS + key] = uint16_t(w[e] & 0xffffu);
-        Vt[(ch * 8 + 2 * e + 1) * VS + key] = uint16_t(w[e] >> 16);
-      }
+      *reinterpret_cast<uint4*>(Vs + key * QK + ch * 8) = vr[c];
     }
     __syncthreads();
 
@@ -507,8 +516,12 @@ __global__ void __launch_bounds__(kMmaThreads)
                              pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
-        const uint16_t* vb = Vt + (dt * 8 + g) * VS + kk * 16 + t * 2;
-        mma_16816<T>(o[dt], a, lds32(vb), lds32(vb + 8));
+        // B fragment (k = key, n = dim): two 8x8 matrices (keys kk*16 + 0..7 and + 8..15, dims
+        // dt*8 .. +7) loaded transposed; lanes 0..15 give the row addresses.
+        const uint16_t* row = Vs + (kk * 16 + (lane & 15)) * QK + dt * 8;
+        uint32_t b0, b1;
+        ldmatrix_x2_trans(row, b0, b1);
+        mma_16816<T>(o[dt], a, b0, b1);
       }
     }
   }
