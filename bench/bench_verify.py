@@ -81,15 +81,16 @@ def eager_rejection(tokens, logits, q, temp, top_k, top_p):
 def make_inputs(B, T, V, dev, seed):
     """bf16 logits [B, T, V]; a chain of drafts agreeing with the target's boosted token at 80 %
     of the positions; draft rows q [B, T, V] (softmax of a perturbation of the target)."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(B, T, V, generator=g) * 2.0
-    tokens = torch.randint(0, V, (B, T), generator=g)
-    agree = torch.rand(B, T, generator=g) < 0.8
+    g = torch.Generator(device=dev).manual_seed(seed)  # generated on the device: fast on a GPU
+    logits = torch.randn(B, T, V, generator=g, device=dev) * 2.0
+    tokens = torch.randint(0, V, (B, T), generator=g, device=dev)
+    agree = torch.rand(B, T, generator=g, device=dev) < 0.8
+    rows = torch.arange(B, device=dev)
     for i in range(T - 1):
         # node i's row prefers token tokens[:, i + 1] (boost) where the draft agrees
-        logits[torch.arange(B), i, tokens[:, i + 1]] += torch.where(agree[:, i + 1], 14.0, 0.0)
-    q = torch.softmax(logits + torch.randn(B, T, V, generator=g), -1)
-    return tokens.to(dev), logits.to(torch.bfloat16).to(dev), q.to(dev)
+        logits[rows, i, tokens[:, i + 1]] += torch.where(agree[:, i + 1], 14.0, 0.0)
+    q = torch.softmax(logits + torch.randn(B, T, V, generator=g, device=dev), -1)
+    return tokens, logits.to(torch.bfloat16), q
 
 
 def main(argv=None):
