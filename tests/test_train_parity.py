@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
-model_pkg = pytest.importorskip("domino_kernels.model")
+pytest.importorskip("domino_kernels.model")
 
 from domino_kernels.model.dflash import load_draft  # noqa: E402
 from domino_kernels.model.qwen3 import load_qwen3  # noqa: E402
