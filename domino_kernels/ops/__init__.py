@@ -1,5 +1,6 @@
 """Typed wrappers and fake (meta) implementations of every torch.ops.domino op, one module per
 kernel family."""
+from .rollout import DominoHeadWeights, build_gru_table, domino_rollout, domino_tree_rollout
 from .sampling import sample
 
-__all__ = ["sample"]
+__all__ = ["sample", "DominoHeadWeights", "domino_rollout", "domino_tree_rollout", "build_gru_table"]

@@ -7,6 +7,8 @@ token for token under the same seeds.
 """
 from .numerics import det_exp, det_log
 from .philox import philox4x32_10, uniforms
+from .rollout import rollout, rollout_quadratic, tree_rollout
 from .sampling import sample
 
-__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample"]
+__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "rollout",
+           "rollout_quadratic", "tree_rollout"]
