@@ -285,7 +285,8 @@ class Engine {
       const int64_t nchunks = std::min(ntile, kMaxChunks);
       std::vector<TopK> part(nchunks * A);
       pf_(nchunks, 1, [&](int64_t c0, int64_t c1) {
-        std::vector<float> wbuf(kRowBlock * Ep_, 0.0f), tile(A * kTile);
+        const int64_t ld = std::min(kTile, V_);  // tile scratch [A][ld]: small V keeps it small
+        std::vector<float> wbuf(kRowBlock * Ep_, 0.0f), tile(A * ld);
         for (int64_t c = c0; c < c1; ++c) {
           TopK* st = &part[c * A];
           for (int64_t a = 0; a < A; ++a) topk_init(st[a]);
@@ -296,11 +297,11 @@ class Engine {
               for (int64_t j = 0; j < n; j += kRowBlock) {
                 const int nr = int(std::min<int64_t>(kRowBlock, n - j));
                 for (int r = 0; r < nr; ++r) to_f32_row(wrow(p_.w2, v0 + j + r, E_), p_.wdtype, E_, Ep_, &wbuf[r * Ep_]);
-                dot_block(wbuf.data(), nr, Ep_, m.data(), Ep_, A, &tile[j], kTile);
+                dot_block(wbuf.data(), nr, Ep_, m.data(), Ep_, A, &tile[j], ld);
               }
             }
             for (int64_t a = 0; a < A; ++a) {
-              float* s = &tile[a * kTile];
+              float* s = &tile[a * ld];
               dispatch_dtype(p_.base_dtype, [&](auto tag) {
                 using Tb = decltype(tag);
                 const Tb* base = base_row<Tb>(ctx[a].b, i) + v0;
