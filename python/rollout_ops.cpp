@@ -70,6 +70,8 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   const int64_t E = x.w1.size(0);
   DOMINO_CHECK_ARG(E > 0, op, "w1", "must have a non-empty first dimension E, got shape ", shape_str(x.w1));
   check_weight(x.w1, hidden, E, H + G, op, "w1", "E", "H + G, from 'hidden' and 'w_ih'");
+  DOMINO_CHECK_ARG(hidden.is_cpu() || E <= 32 * rollout::kMaxTopK * 4, op, "w1",
+                   "must have E <= 256 rows on CUDA (the fused kernel keeps a W2 row in registers), got ", E);
   check_dim(x.w2, 2, op, "w2");
   const int64_t V = x.w2.size(0);
   DOMINO_CHECK_ARG(V > 0 && V < (int64_t(1) << 31), op, "w2", "must have 0 < V < 2^31 rows, got shape ", shape_str(x.w2));
