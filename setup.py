@@ -41,7 +41,9 @@ def sources(pattern):
 
 
 with_cuda = want_cuda()
-cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"]
+# No -std for C++: torch picks the standard its headers need (c++17 for 2.13, c++20 for 2.14,
+# whose headers use std::strong_ordering and `requires`); csrc/ is C++17 and compiles under both.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fvisibility=hidden"]
 nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
               "--threads", os.environ.get("NVCC_THREADS", "2")]
 srcs = sources("python/*.cpp") + sources("csrc/cpu/*.cpp")
