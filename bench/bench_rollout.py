@@ -21,6 +21,7 @@ come from the GPU check script.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +148,7 @@ def main(argv=None):
                    w2_GBps=steps * w2_bytes / (t_table["median_us"] * 1e-6) / 1e9)
         rows.append(row)
         with torch.no_grad():  # sanity: ours and the eager loop draft the same tokens (fp32 ties aside)
-            same = (ours_t()[0] == eager_rollout(hidden, base, anchor, w32, table)).float().mean().item()
+            same = (ours_t()[0] == eager_rollout(hidden.float(), base, anchor, w32, table)).float().mean().item()
         row["token_agreement_vs_eager_fp32"] = same
         del w, emb, table, hidden, base, w32
     cols = ["batch", "ours_table_us", "per_step_us", "ours_emb_us", "eager_bf16_us", "eager_fp32_us",
@@ -158,6 +159,7 @@ def main(argv=None):
         "shapes": dict(H=H, G=G, E=E, V=V, S=S, N=N, P=P), "weights": "bfloat16",
         "copy_bandwidth_GBps": copy_bw, "read_bandwidth_GBps": read_bw,
         "floor": "(N - P) * V * E * 2 bytes / copy bandwidth",
+        "loadavg_1_5_15": list(os.getloadavg()),  # the CI box is shared: record the contention
         "baselines": {"quadratic": "SpecForge-style O(N^2) loop (nn.GRU over the block + full head per step, fp32)",
                       "eager": "O(N) eager torch: hoisted W1z, [W1h|W_hh] GEMM, table gather, W2 GEMV per step"}},
         device=dev)
