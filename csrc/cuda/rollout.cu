@@ -287,6 +287,37 @@ __device__ __forceinline__ void consume_one(TopK& st, float s, int32_t v, const 
   topk_insert(st, k, key, sv, v);
 }
 
+// Sums 8 per-lane partials over the warp with 9 shuffles (instead of 8 x 5): a butterfly that
+// halves the live values at each of the steps 4, 2, 1, then sums across lanes 8 and 16 apart.
+// Afterwards lane l holds the total of acc[l & 7].
+__device__ __forceinline__ float transpose_reduce8(float (&acc)[kGroup], int lane) {
+  static_assert(kGroup == 8, "transpose_reduce8 reduces 8 rows");
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const bool up = lane & 4;
+    const float send = up ? acc[j] : acc[j + 4];
+    const float keep = up ? acc[j + 4] : acc[j];
+    acc[j] = keep + __shfl_xor_sync(cuda::kFullMask, send, 4);
+  }
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const bool up = lane & 2;
+    const float send = up ? acc[j] : acc[j + 2];
+    const float keep = up ? acc[j + 2] : acc[j];
+    acc[j] = keep + __shfl_xor_sync(cuda::kFullMask, send, 2);
+  }
+  {
+    const bool up = lane & 1;
+    const float send = up ? acc[0] : acc[1];
+    const float keep = up ? acc[1] : acc[0];
+    acc[0] = keep + __shfl_xor_sync(cuda::kFullMask, send, 1);
+  }
+  float v = acc[0];
+  v += __shfl_xor_sync(cuda::kFullMask, v, 8);
+  v += __shfl_xor_sync(cuda::kFullMask, v, 16);
+  return v;
+}
+
 // grid.x = column range of kRowsPerCta (vocabulary rows, or shortlist entries); grid.y = 1 (full
 // vocabulary: groups of kGroup rows looped inside) or R (shortlist: one row per CTA).
 template <typename T>
@@ -326,13 +357,20 @@ __global__ void __launch_bounds__(kThreads) score_kernel(RolloutParams p, Worksp
     for (int r = 0; r < nrows; ++r) any_active |= w.row_map[r0 + r] >= 0;
     if (any_active) {
       const int32_t* ids = L.use_shortlist ? p.shortlist + (r0 / L.F) * p.num_candidates : nullptr;
+      // The group's m rows live in registers for the whole column range (m[r][q * 32 + lane]).
+      float mreg[kGroup][kMaxEPerLane];
+#pragma unroll
+      for (int r = 0; r < kGroup; ++r)
+#pragma unroll
+        for (int q = 0; q < kMaxEPerLane; ++q) {
+          const int64_t e = int64_t(q) * 32 + lane;
+          mreg[r][q] = (L.corrected && r < nrows && q < epl && e < E) ? w.m[(r0 + r) * E + e] : 0.0f;
+        }
       for (int jj = 0; jj < kRowsPerWarp; ++jj) {
         const int64_t j = j_begin + jj;
         if (j >= ncols) break;
         const int64_t v = ids ? ids[j] : j;
-        float s[kGroup];
-#pragma unroll
-        for (int r = 0; r < kGroup; ++r) s[r] = 0.0f;
+        float mine_s = 0.0f;
         if (L.corrected) {
           float wr[kMaxEPerLane];
 #pragma unroll
@@ -340,25 +378,17 @@ __global__ void __launch_bounds__(kThreads) score_kernel(RolloutParams p, Worksp
             const int64_t e = int64_t(q) * 32 + lane;
             wr[q] = (q < epl && e < E) ? to_float(W2[v * E + e]) : 0.0f;
           }
+          float acc[kGroup];
 #pragma unroll
           for (int r = 0; r < kGroup; ++r) {
-            if (r < nrows) {
-              const float* mr = w.m + (r0 + r) * E;
-              float acc = 0.0f;
+            acc[r] = 0.0f;
+            if (r < nrows) {  // warp-uniform
 #pragma unroll
-              for (int q = 0; q < kMaxEPerLane; ++q) {
-                const int64_t e = int64_t(q) * 32 + lane;
-                if (q < epl && e < E) acc = fmaf(wr[q], mr[e], acc);
-              }
-              s[r] = cuda::warp_sum(acc);
+              for (int q = 0; q < kMaxEPerLane; ++q) acc[r] = fmaf(wr[q], mreg[r][q], acc[r]);
             }
           }
+          mine_s = transpose_reduce8(acc, lane);  // lane l: the dot of row (l & 7)
         }
-        // lane r takes score r (a select chain keeps s[] in registers)
-        float mine_s = 0.0f;
-#pragma unroll
-        for (int r = 0; r < kGroup; ++r)
-          if (lane == r) mine_s = s[r];
         if (mine) {
           const float bl = load_f(base_row, p.base_dtype, v);
           const float score = L.corrected ? det::add(bl, mine_s) : bl;
