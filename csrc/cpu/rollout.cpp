@@ -27,6 +27,7 @@ using cpu::to_f32_row;
 
 constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay in L1/L2)
 constexpr int64_t kMaxChunks = 64;  // partials per row of a vocabulary pass
+constexpr int64_t kPrefetchRows = 16;  // weight rows prefetched ahead of the current block
 
 struct RowCtx {
   int64_t b;
@@ -91,6 +92,18 @@ class Engine {
     return static_cast<const char*>(base) + (row * ld + col) * wsize_;
   }
 
+  // Software prefetch of weight rows a few blocks ahead, so that the DRAM stream overlaps the
+  // FMA work of the current block (the conversion would otherwise stall on every new row).
+  void prefetch_rows(const void* W, int64_t row, int64_t n, int64_t ld, int64_t col = 0,
+                     int64_t K = -1, int64_t nrows = -1) const {
+    if (K < 0) K = ld;
+    const int64_t end_row = nrows < 0 ? V_ : nrows;
+    for (int64_t r = row; r < row + n && r < end_row; ++r) {
+      const char* base = static_cast<const char*>(wrow(W, r, ld, col));
+      for (int64_t off = 0; off < K * wsize_; off += 64) __builtin_prefetch(base + off);
+    }
+  }
+
   // Y[a, r] = dot(W[r, col : col + K], X[a]) for r < nrows; X rows padded to pad16(K).
   void gemv(const void* W, int64_t ldw, int64_t col, int64_t K, int64_t nrows, const float* X,
             int64_t A, float* Y, int64_t ldy) {
@@ -101,6 +114,7 @@ class Engine {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t r0 = blk * kRowBlock;
         const int nr = int(std::min<int64_t>(kRowBlock, nrows - r0));
+        prefetch_rows(W, r0 + kPrefetchRows, kRowBlock, ldw, col, K, nrows);
         for (int j = 0; j < nr; ++j) to_f32_row(wrow(W, r0 + j, ldw, col), p_.wdtype, K, Kp, &wbuf[j * Kp]);
         dot_block(wbuf.data(), nr, Kp, X, Kp, A, Y + r0, ldy);
       }
@@ -296,6 +310,7 @@ class Engine {
             if (corrected) {
               for (int64_t j = 0; j < n; j += kRowBlock) {
                 const int nr = int(std::min<int64_t>(kRowBlock, n - j));
+                prefetch_rows(p_.w2, v0 + j + kPrefetchRows, kRowBlock, E_);
                 for (int r = 0; r < nr; ++r) to_f32_row(wrow(p_.w2, v0 + j + r, E_), p_.wdtype, E_, Ep_, &wbuf[r * Ep_]);
                 dot_block(wbuf.data(), nr, Ep_, m.data(), Ep_, A, &tile[j], ld);
               }
