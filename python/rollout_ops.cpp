@@ -70,8 +70,8 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   const int64_t E = x.w1.size(0);
   DOMINO_CHECK_ARG(E > 0, op, "w1", "must have a non-empty first dimension E, got shape ", shape_str(x.w1));
   check_weight(x.w1, hidden, E, H + G, op, "w1", "E", "H + G, from 'hidden' and 'w_ih'");
-  DOMINO_CHECK_ARG(hidden.is_cpu() || E <= 32 * rollout::kMaxTopK * 4, op, "w1",
-                   "must have E <= 256 rows on CUDA (the fused kernel keeps a W2 row in registers), got ", E);
+  DOMINO_CHECK_ARG(hidden.is_cpu() || E <= rollout::kCudaMaxE, op, "w1", "must have E <= ",
+                   rollout::kCudaMaxE, " rows on CUDA (the fused kernel keeps a W2 row in registers), got ", E);
   check_dim(x.w2, 2, op, "w2");
   const int64_t V = x.w2.size(0);
   DOMINO_CHECK_ARG(V > 0 && V < (int64_t(1) << 31), op, "w2", "must have 0 < V < 2^31 rows, got shape ", shape_str(x.w2));
@@ -170,6 +170,8 @@ std::tuple<Tensor, Tensor, Tensor> domino_rollout(
   rollout::RolloutParams p = common_params(x, num_proposals, shift_label, pure_prefix_len, kOp, "num_proposals");
   DOMINO_CHECK_ARG(candidates >= 0, kOp, "candidates", "must be >= 0 (0 = exact full vocabulary), got ", candidates);
   const int64_t B = p.B, N = num_proposals, V = p.V;
+  DOMINO_CHECK_ARG(hidden.is_cpu() || B <= rollout::kCudaMaxRows, kOp, "hidden", "batch must be <= ",
+                   rollout::kCudaMaxRows, " on CUDA, got ", B);
   p.tree = false;
   p.topk = 1;
   p.budget = int32_t(N);
@@ -211,6 +213,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
   p.tree = true;
   p.topk = int32_t(topk);
   p.budget = int32_t(budget);
+  DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::max_frontier(p) <= rollout::kCudaMaxRows, kOp,
+                   "budget", "gives batch * widest level = ", B * rollout::max_frontier(p),
+                   " rows; CUDA supports <= ", rollout::kCudaMaxRows);
   Tensor tokens = at::empty({B, M}, hidden.options().dtype(at::kLong));
   Tensor parents = at::empty({B, M}, hidden.options().dtype(at::kLong));
   Tensor q = at::empty({B, M}, hidden.options().dtype(at::kFloat));

@@ -28,7 +28,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kGroup = 8;                     // rows scored together per W2 row load
 constexpr int kRowsPerWarp = 8;               // W2 rows per warp per CTA
 constexpr int kRowsPerCta = kWarps * kRowsPerWarp;
-constexpr int kMaxEPerLane = 8;               // E <= 256 in registers per lane
+constexpr int kMaxEPerLane = kCudaMaxE / 32;  // E <= 256 in registers per lane
 constexpr int kMergeThreads = 128;
 
 __device__ __forceinline__ float load_f(const void* p, DType t, int64_t i) {
@@ -209,10 +209,10 @@ template <typename T>
 __global__ void gru_cell_kernel(const int32_t* row_map, Workspace w, const T* table,
                                 const float* gi, int64_t G, int64_t E, int64_t HG, int64_t M,
                                 int64_t V) {
-  const int64_t a = blockIdx.y;
+  const int64_t a = blockIdx.x;
   const int32_t n = row_map[a];
   if (n < 0) return;
-  const int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t g = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   if (g >= G) return;
   const int64_t b = n / M;
   const int32_t par = w.node_par[n];
@@ -553,7 +553,7 @@ struct Runner {
       gather_token_rows_kernel<<<unsigned(R), 256, 0, s>>>(p.embedding, p.wdtype, d.H, d.V, w.row_map, w.node_tok, w.X);
       gemv(p.w_ih, d.H, 0, d.H, d.G3, w.X, R, nullptr, w.gi, d.G3);
     }
-    gru_cell_kernel<T><<<dim3(unsigned((d.G + 255) / 256), unsigned(R)), 256, 0, s>>>(
+    gru_cell_kernel<T><<<dim3(unsigned(R), unsigned((d.G + 255) / 256)), 256, 0, s>>>(
         w.row_map, w, static_cast<const T*>(p.gru_table), w.gi, d.G, d.E, d.HG, d.M, d.V);
     gather_h_kernel<<<unsigned(R), 256, 0, s>>>(w.row_map, w.node_h, d.G, w.X);
     gemv(p.w1, d.H + d.G, d.H, d.G, d.E, w.X, R, w.row_map, w.node_hg, d.HG);
@@ -605,7 +605,7 @@ size_t rollout_cuda_workspace_bytes(const RolloutParams& p) {
 
 int rollout_cuda(const RolloutParams& p, void* workspace, void* stream) {
   if (p.B == 0) return int(cudaSuccess);
-  if (p.E > 32 * kMaxEPerLane) return int(cudaErrorInvalidValue);  // binding checks E <= 256
+  if (p.E > kCudaMaxE || p.B * max_frontier(p) > kCudaMaxRows) return int(cudaErrorInvalidValue);
   const Workspace w = layout(p, workspace, nullptr);
   const Dims d = dims(p);
   cudaStream_t s = static_cast<cudaStream_t>(stream);

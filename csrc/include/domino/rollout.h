@@ -41,6 +41,8 @@ namespace domino {
 namespace rollout {
 
 constexpr int kMaxTopK = 8;  // largest tree fan-out (register-resident top-k lists on the GPU)
+constexpr int kCudaMaxE = 256;   // CUDA keeps a W2 row (E values) in registers: 8 per lane
+constexpr int64_t kCudaMaxRows = 65535;  // CUDA: batch * frontier rows (a grid dimension)
 // A Gumbel key exceeds its scaled logit by at most -log(-log(1 - 2^-24)) = 16.64; elements whose
 // scaled logit is more than this below the current k-th best key cannot enter the top-k.
 constexpr float kGumbelMaxNoise = 16.7f;
