@@ -360,3 +360,36 @@ def test_cuda_bad_device_ids_are_defined():
     t, q, _ = dk.domino_rollout(gpu[2], gpu[3], anchor, gpu[0], gpu[1], num_proposals=5)
     torch.cuda.synchronize()
     assert ((t >= 0) & (t < 200)).all()
+
+
+@requires_cuda
+def test_cuda_device_mismatch_and_graph_capture():
+    cpu = make_head(B=4, S=16, H=64, G=32, E=32, V=1000, seed=33)
+    gpu = _to(*cpu, "cuda")
+    head, emb, hidden, base, anchor = gpu
+    with pytest.raises(ValueError, match="argument 'w2'"):
+        torch.ops.domino.domino_rollout(hidden, base, anchor, head.w_ih, head.w_hh, head.w1,
+                                        head.w2.cpu(), emb, None, 8, True, 1, None, None, None,
+                                        False, 0)
+    temp = torch.full((4,), 0.7, device="cuda")
+    seed = torch.arange(4, device="cuda")
+    offset = torch.zeros(4, dtype=torch.int64, device="cuda")
+    run = lambda: dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8,  # noqa: E731
+                                    temperature=temp, seed=seed, offset=offset)
+    eager = run()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()  # warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured[0], eager[0])
+    offset += 1  # the graph reads seeds/offsets from device memory: new draws, no recapture
+    graph.replay()
+    torch.cuda.synchronize()
+    fresh = run()
+    assert torch.equal(captured[0], fresh[0])
