@@ -203,7 +203,7 @@ def test_shortlist_candidates():
         cand = ref.rollout.__globals__["shortlist"](base, 8, 1, K)
         for b in range(4):  # corrected proposals only draft from the shortlist
             assert torch.isin(out[0][b, 1:], cand[b]).all()
-    exact = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8)
+    exact = dk.domino_rollout(hidden, base, anchor, head.tensors(), emb, num_proposals=8)  # tuple form
     full = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, candidates=200)
     assert torch.equal(exact[0], full[0])
 

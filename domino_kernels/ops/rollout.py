@@ -18,7 +18,7 @@ Semantics (contract: ``csrc/include/domino/rollout.h``; executable spec:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -39,6 +39,18 @@ class DominoHeadWeights:
         return self.w_ih, self.w_hh, self.w1, self.w2
 
 
+HeadLike = Union[DominoHeadWeights, Sequence[torch.Tensor]]
+
+
+def _head(head: HeadLike) -> DominoHeadWeights:
+    """A DominoHeadWeights, or the four tensors (w_ih, w_hh, w1, w2) in that order."""
+    if isinstance(head, DominoHeadWeights):
+        return head
+    if len(head) != 4:
+        raise ValueError("argument 'head' must be DominoHeadWeights or (w_ih, w_hh, w1, w2)")
+    return DominoHeadWeights(*head)
+
+
 def _sampling_args(temperature: PerRow, seed: PerRow, offset: PerRow, batch: int, device):
     if temperature is None:
         return None, None, None
@@ -48,7 +60,7 @@ def _sampling_args(temperature: PerRow, seed: PerRow, offset: PerRow, batch: int
 
 
 def domino_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor: torch.Tensor,
-                   head: DominoHeadWeights, embedding: torch.Tensor, *, num_proposals: int,
+                   head: HeadLike, embedding: torch.Tensor, *, num_proposals: int,
                    shift_label: bool = True, pure_prefix_len: int = 1,
                    temperature: PerRow = None, seed: PerRow = None, offset: PerRow = None,
                    return_q_rows: bool = False, candidates: int = 0,
@@ -61,13 +73,13 @@ def domino_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor: torc
     """
     temp, seed_t, offset_t = _sampling_args(temperature, seed, offset, hidden.shape[0], hidden.device)
     return torch.ops.domino.domino_rollout(
-        hidden, base_logits, anchor, *head.tensors(), embedding, gru_table, int(num_proposals),
+        hidden, base_logits, anchor, *_head(head).tensors(), embedding, gru_table, int(num_proposals),
         bool(shift_label), int(pure_prefix_len), temp, seed_t, offset_t, bool(return_q_rows),
         int(candidates))
 
 
 def domino_tree_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor: torch.Tensor,
-                        head: DominoHeadWeights, embedding: torch.Tensor, *, topk: int,
+                        head: HeadLike, embedding: torch.Tensor, *, topk: int,
                         depth: int, budget: int, shift_label: bool = True,
                         pure_prefix_len: int = 1, temperature: PerRow = None,
                         seed: PerRow = None, offset: PerRow = None,
@@ -78,7 +90,7 @@ def domino_tree_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor:
     drafting, ``tokens[:, 1:depth+1]`` equal the chain rollout's tokens."""
     temp, seed_t, offset_t = _sampling_args(temperature, seed, offset, hidden.shape[0], hidden.device)
     return torch.ops.domino.domino_tree_rollout(
-        hidden, base_logits, anchor, *head.tensors(), embedding, gru_table, bool(shift_label),
+        hidden, base_logits, anchor, *_head(head).tensors(), embedding, gru_table, bool(shift_label),
         int(pure_prefix_len), int(topk), int(depth), int(budget), temp, seed_t, offset_t)
 
 
