@@ -393,3 +393,30 @@ def test_cuda_device_mismatch_and_graph_capture():
     torch.cuda.synchronize()
     fresh = run()
     assert torch.equal(captured[0], fresh[0])
+
+
+def test_portable_cpu_path_matches_reference():
+    """The non-AVX-512 code path (forced by DOMINO_DISABLE_AVX512=1 in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, domino_kernels as dk\n"
+        "from domino_kernels import reference as ref\n"
+        "from tests.test_rollout import make_head\n"
+        "head, emb, hidden, base, anchor = make_head(seed=21)\n"
+        "s = dict(temperature=torch.tensor([0.0, 0.9, 1.3, 0.0]), seed=torch.arange(4), offset=torch.zeros(4, dtype=torch.int64))\n"
+        "for kw in (dict(), s):\n"
+        "    out = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, return_q_rows=True, **kw)\n"
+        "    r = ref.rollout(hidden, base, anchor, *head.tensors(), emb, num_proposals=8, return_q_rows=True, **kw)\n"
+        "    assert torch.equal(out[0], r[0]), (out[0], r[0])\n"
+        "    torch.testing.assert_close(out[2], r[2], atol=2e-6, rtol=1e-5)\n"
+        "t = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=3, depth=4, budget=20)\n"
+        "rt = ref.tree_rollout(hidden, base, anchor, *head.tensors(), emb, topk=3, depth=4, budget=20)\n"
+        "assert torch.equal(t[0], rt[0]) and torch.equal(t[1], rt[1])\n"
+        "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DOMINO_DISABLE_AVX512="1", PYTHONPATH=root)
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]

@@ -3,6 +3,7 @@
 #include "rollout_dot.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "domino/numerics.h"
 
@@ -18,7 +19,9 @@ namespace cpu {
 
 bool have_avx512() {
 #ifdef DOMINO_X86
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  // DOMINO_DISABLE_AVX512=1 forces the portable code (the tests run it that way too).
+  static const bool ok = !std::getenv("DOMINO_DISABLE_AVX512") &&
+                         __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   return ok;
 #else
