@@ -24,13 +24,47 @@ TORCH_LIBRARY(domino, m) {
       "Tensor? offset) -> (Tensor tokens, Tensor parents, Tensor q, Tensor num_nodes)");
   // GRU input table [V, 3G] = embedding @ w_ih^T (fp32 accumulation, weight dtype).
   m.def("build_gru_table(Tensor embedding, Tensor w_ih) -> Tensor");
+
+  // Attention over a paged KV cache (domino/attention.h). mask_mode: 0 causal, 1 tree (packed
+  // ancestor bits over the new tokens in tree_mask [total_q, W] int32), 2 full. Returns out
+  // [total_q, Hq, D] in q's dtype and lse [total_q, Hq] fp32 (a [0] tensor unless return_lse).
+  m.def(
+      "tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+      "Tensor kv_lens, Tensor q_cu_lens, Tensor? tree_mask, int mask_mode, float scale, "
+      "bool return_lse) -> (Tensor out, Tensor lse)");
+  // Writes k/v [total_q, Hkv, D] of the new tokens at positions kv_lens[b] + i of the paged cache.
+  m.def(
+      "append_kv(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor block_table, "
+      "Tensor kv_lens, Tensor q_cu_lens) -> ()");
+  // Parent array [B, T] int64 -> ancestor-or-self mask [B, T, ceil(T/32)] int32, depth [B, T]
+  // int32, positions [B, T] int64 (= prefix_len + depth).
+  m.def(
+      "tree_info(Tensor parents, Tensor num_nodes, Tensor prefix_lens) -> "
+      "(Tensor mask, Tensor depth, Tensor positions)");
 }
 
 // A minimal Python module so that `import domino_kernels._C` loads the library (which runs the
 // registrations above). No pybind11: ops are reached only through torch.ops.domino.
 #include <Python.h>
 
+#ifndef DOMINO_CUDA_ARCH_LIST
+#define DOMINO_CUDA_ARCH_LIST ""
+#endif
+#ifndef DOMINO_TORCH_VERSION
+#define DOMINO_TORCH_VERSION "unknown"
+#endif
+
+// The module also says what this very library contains (so a stale or foreign build cannot lie).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+#ifdef DOMINO_WITH_CUDA
+  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+  PyModule_AddStringConstant(m, "CUDA_ARCH_LIST", DOMINO_CUDA_ARCH_LIST);
+  PyModule_AddStringConstant(m, "TORCH_VERSION", DOMINO_TORCH_VERSION);
+  return m;
 }

@@ -7,7 +7,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 def pytest_report_header(config):
-    from domino_kernels import _build_info
+    from domino_kernels import _C
 
-    return (f"domino_kernels: CUDA kernels compiled={_build_info.WITH_CUDA}, "
+    return (f"domino_kernels: CUDA kernels compiled={bool(_C.WITH_CUDA)}, "
             f"GPU available={torch.cuda.is_available()}")

@@ -9,6 +9,7 @@ from .numerics import det_exp, det_log
 from .philox import philox4x32_10, uniforms
 from .rollout import rollout, rollout_quadratic, tree_rollout
 from .sampling import sample
+from . import attention
 
-__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "rollout",
+__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "attention", "rollout",
            "rollout_quadratic", "tree_rollout"]
