@@ -11,6 +11,8 @@
 #include <immintrin.h>
 #define DOMINO_X86 1
 #define DOMINO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+// GCC 12 false positive: avx512fintrin.h's _mm512_undefined_* (`__m512i __Y = __Y;`) inlined here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace domino {
