@@ -13,6 +13,7 @@
 #define DOMINO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 // GCC 12 false positive: avx512fintrin.h's _mm512_undefined_* (`__m512i __Y = __Y;`) inlined here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace domino {
