@@ -1,0 +1,275 @@
+"""The kernel entry points the model layer calls, in one place.
+
+Each name resolves to the ``domino_kernels.ops`` wrapper when ``torch.ops.domino.<op>`` is
+registered by the compiled extension. Until a kernel family has landed, a plain-PyTorch stand-in
+with the same signature and semantics (written below, vectorised over the batch where it is cheap
+to do so) keeps the decode loop runnable. The stand-ins are temporary: once every op has landed
+they are deleted and the ops do the work.
+
+Layout conventions shared by every op (see docs/decode.md):
+  * paged KV cache: ``[num_pages, page_size, Hkv, D]``, ``block_table [B, max_pages]`` int32,
+    ``kv_lens [B]`` int32 = committed tokens, ``q_cu_lens [B+1]`` int32 over the new tokens;
+  * trees: ``parents [B, T]`` with ``parents[:, 0] = -1`` and ``parents[b, i] < i``.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+import domino_kernels.ops as _ops
+
+
+def _have(op: str) -> bool:
+    return hasattr(torch.ops.domino, op) and hasattr(_ops, op)
+
+
+class DominoHeadWeights(NamedTuple):
+    """GRU ``w_ih [3G, H]``, ``w_hh [3G, G]``; ``w1 = embed_proj.0 [E, H+G]``; ``w2 = embed_proj.2 [V, E]``."""
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------
+# paged KV cache: append and attention
+# ----------------------------------------------------------------------------------------------
+
+def _token_slots(block_table, kv_lens, q_cu_lens, page_size):
+    """(request, page, slot) of every new token: token i of request b sits at kv_lens[b] + i."""
+    total = int(q_cu_lens[-1])
+    counts = (q_cu_lens[1:] - q_cu_lens[:-1]).long()
+    req = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    idx = torch.arange(total, device=counts.device) - q_cu_lens[:-1].long()[req]
+    pos = kv_lens.long()[req] + idx
+    page = block_table.long()[req, pos // page_size]
+    return req, page, pos % page_size
+
+
+def _append_kv_standin(k, v, k_cache, v_cache, block_table, kv_lens, q_cu_lens):
+    _, page, slot = _token_slots(block_table, kv_lens, q_cu_lens, k_cache.shape[1])
+    k_cache[page, slot] = k.to(k_cache.dtype)
+    v_cache[page, slot] = v.to(v_cache.dtype)
+
+
+def _tree_attention_standin(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens, *, mode="causal",
+                            tree_mask=None, scale=None, return_lse=False):
+    """Padded over the batch: every request's keys gathered to [B, L, Hkv, D], then masked."""
+    if mode not in ("causal", "tree", "full"):
+        raise ValueError(f"argument 'mode' must be causal, tree or full, got {mode!r}")
+    total_q, hq, d = q.shape
+    hkv, ps = k_cache.shape[2], k_cache.shape[1]
+    dev = q.device
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    counts = (q_cu_lens[1:] - q_cu_lens[:-1]).long()
+    b = counts.numel()
+    req, _, _ = _token_slots(block_table, kv_lens, q_cu_lens, ps)
+    qi = torch.arange(total_q, device=dev) - q_cu_lens[:-1].long()[req]   # index among new tokens
+    prefix = kv_lens.long()
+    total_kv = prefix + counts
+    length = int(total_kv.max()) if b else 0
+    j = torch.arange(length, device=dev)
+    pages = block_table.long()[:, (j // ps).clamp(max=block_table.shape[1] - 1)]      # [B, L]
+    kk = k_cache[pages, j % ps].float()                                            # [B, L, Hkv, D]
+    vv = v_cache[pages, j % ps].float()
+    kq = kk[req].repeat_interleave(hq // hkv, dim=2)                               # [Tq, L, Hq, D]
+    s = torch.einsum("qhd,qkhd->qhk", q.float(), kq) * scale
+    jj = j[None, :] - prefix[req][:, None]                                         # key's new-token index
+    visible = j[None, :] < total_kv[req][:, None]
+    if mode == "causal":
+        visible &= jj <= qi[:, None]
+    elif mode == "tree":
+        words = tree_mask.long().gather(1, (jj.clamp(min=0) // 32).clamp(max=tree_mask.shape[1] - 1))
+        visible &= (jj < 0) | (((words >> (jj.clamp(min=0) % 32)) & 1) == 1)
+    s = s.masked_fill(~visible[:, None, :], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)                                               # [Tq, Hq]
+    vq = vv[req].repeat_interleave(hq // hkv, dim=2)
+    out = torch.einsum("qhk,qkhd->qhd", torch.exp(s - lse[..., None]), vq).to(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+# ----------------------------------------------------------------------------------------------
+# trees and verification
+# ----------------------------------------------------------------------------------------------
+
+def _chain_parents_standin(batch, T, device):
+    p = torch.arange(-1, T - 1, dtype=torch.int64, device=device)
+    return p.expand(batch, T).contiguous()
+
+
+def _tree_info_standin(parents, num_nodes=None, prefix_lens=None):
+    b, t = parents.shape
+    dev = parents.device
+    w = (t + 31) // 32
+    par = parents.long()
+    anc = torch.zeros(b, t, w, dtype=torch.int64, device=dev)
+    depth = torch.zeros(b, t, dtype=torch.int64, device=dev)
+    rows = torch.arange(b, device=dev)
+    for i in range(t):
+        p = par[:, i].clamp(min=0)
+        has_parent = par[:, i] >= 0
+        anc[:, i] = torch.where(has_parent[:, None], anc[rows, p], torch.zeros_like(anc[:, 0]))
+        anc[:, i, i // 32] |= 1 << (i % 32)
+        depth[:, i] = torch.where(has_parent, depth[rows, p] + 1, torch.zeros_like(depth[:, i]))
+    anc = torch.where(anc >= 2**31, anc - 2**32, anc).to(torch.int32)
+    base = torch.zeros(b, dtype=torch.int64, device=dev) if prefix_lens is None else prefix_lens.long()
+    return anc, depth.to(torch.int32), base[:, None] + depth
+
+
+def _verify_standin(draft_tokens, parents, logits, *, num_nodes=None, rule="greedy", temperature=0.0,
+                    top_k=None, top_p=None, draft_probs=None, draft_token_probs=None, seed=None,
+                    offset=None):
+    """Sample-and-match over a chain or tree: t_i = target token at node i (argmax, or a sample of
+    the filtered target distribution); walk from the root to the child whose token equals t."""
+    if rule not in ("greedy", "target_only"):
+        raise NotImplementedError(f"the stand-in verify implements greedy and target_only, not {rule}")
+    b, t, v = logits.shape
+    dev = logits.device
+    flat = logits.reshape(b * t, v)
+    if rule == "greedy":
+        target = flat.argmax(-1)
+    else:
+        rep = lambda x: x if not isinstance(x, torch.Tensor) else x.reshape(-1).repeat_interleave(t)  # noqa: E731
+        seeds = torch.zeros(b, dtype=torch.int64) if seed is None else seed
+        offs = torch.zeros(b, dtype=torch.int64) if offset is None else offset
+        node = torch.arange(t, device=dev).repeat(b)
+        target = _ops.sample(flat, rep(temperature), rep(top_k), rep(top_p), None, rep(seeds),
+                             rep(offs).to(dev) * t + node)
+    target = target.view(b, t)
+    n = torch.full((b,), t, device=dev, dtype=torch.int64) if num_nodes is None else num_nodes.long()
+    par = parents.long()
+    valid = torch.arange(t, device=dev)[None, :] < n[:, None]
+    rows = torch.arange(b, device=dev)
+    cur = torch.zeros(b, dtype=torch.int64, device=dev)
+    alive = torch.ones(b, dtype=torch.bool, device=dev)
+    path = torch.full((b, t), -1, dtype=torch.int64, device=dev)
+    emitted = torch.full((b, t), -1, dtype=torch.int64, device=dev)
+    path[:, 0] = 0
+    acc = torch.zeros(b, dtype=torch.int64, device=dev)
+    for depth in range(1, t):
+        want = target[rows, cur]
+        match = (par == cur[:, None]) & (draft_tokens.long() == want[:, None]) & valid
+        found = match.any(-1) & alive
+        child = match.int().argmax(-1)  # first matching child
+        emitted[rows[found], depth - 1] = want[found]
+        path[rows[found], depth] = child[found]
+        cur = torch.where(found, child, cur)
+        acc += found.long()
+        alive &= found
+        if not bool(alive.any()):
+            break
+    emitted[rows, acc] = target[rows, cur]
+    return acc, path, emitted
+
+
+# ----------------------------------------------------------------------------------------------
+# Domino head rollout (spec §3.3): chain and tree
+# ----------------------------------------------------------------------------------------------
+
+def _gru_cell(x, h, w_ih, w_hh):
+    gi = x @ w_ih.t()
+    gh = h @ w_hh.t()
+    i_r, i_z, i_n = gi.chunk(3, -1)
+    h_r, h_z, h_n = gh.chunk(3, -1)
+    r = torch.sigmoid(i_r + h_r)
+    u = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - u) * n + u * h
+
+
+def _correction(zz, h, w1, w2):
+    return F.silu(torch.cat([zz, h], -1).float() @ w1.float().t()) @ w2.float().t()
+
+
+def _rollout_standin(hidden, base_logits, anchor, head, *, embedding, num_proposals, shift_label=True,
+                     pure_prefix_len=1, temperature=None, seed=None, offset=None, return_q_rows=False,
+                     candidates=0, gru_table=None):
+    """Greedy chain rollout; hidden [B, S, H], base_logits [B, N, V]; returns (tokens, q, None)."""
+    b, n = anchor.shape[0], num_proposals
+    zz = hidden[:, :n] if shift_label else hidden[:, 1:n + 1]
+    w_ih, w_hh, w1, w2 = (w.float() for w in head)
+    h = torch.zeros(b, w_hh.shape[1], dtype=torch.float32, device=hidden.device)
+    h = _gru_cell(embedding[anchor.long()].float(), h, w_ih, w_hh)
+    tokens = torch.empty(b, n, dtype=torch.int64, device=hidden.device)
+    q = torch.empty(b, n, dtype=torch.float32, device=hidden.device)
+    for i in range(n):
+        logits = base_logits[:, i].float()
+        if i >= pure_prefix_len:
+            logits = logits + _correction(zz[:, i].float(), h, w1, w2)
+        y = logits.argmax(-1)
+        tokens[:, i] = y
+        q[:, i] = torch.softmax(logits, -1).gather(1, y[:, None])[:, 0]
+        if i + 1 < n:
+            h = _gru_cell(embedding[y].float(), h, w_ih, w_hh)
+    return tokens, q, None
+
+
+def _tree_rollout_standin(hidden, base_logits, anchor, head, *, embedding, topk, budget, depth=None,
+                          shift_label=True, pure_prefix_len=1):
+    """Depth-wise tree: each frontier node proposes its top-k children (corrected logits with the
+    node's own GRU state); a level keeps the children of highest cumulative log-probability until
+    ``budget`` drafted nodes exist. ``head=None`` gives DFlash-only children (base logits).
+    Returns (tokens [B, M], parents [B, M], q [B, M], num_nodes [B]) with node 0 = anchor, M = budget+1."""
+    b = anchor.shape[0]
+    dev = hidden.device
+    max_depth = base_logits.shape[1] if depth is None else min(depth, base_logits.shape[1])
+    zz = hidden[:, :max_depth] if shift_label else hidden[:, 1:max_depth + 1]
+    m = budget + 1
+    tokens = torch.zeros(b, m, dtype=torch.int64, device=dev)
+    parents = torch.full((b, m), -1, dtype=torch.int64, device=dev)
+    q = torch.ones(b, m, dtype=torch.float32, device=dev)
+    tokens[:, 0] = anchor
+    num = torch.ones(b, dtype=torch.int64, device=dev)
+    for r in range(b):
+        if head is not None:
+            w_ih, w_hh, w1, w2 = (w.float() for w in head)
+            h0 = _gru_cell(embedding[anchor[r].long()].float()[None],
+                           torch.zeros(1, w_hh.shape[1], device=dev), w_ih, w_hh)
+        frontier = [(0, 0.0, h0 if head is not None else None)]  # (node, logp, gru state)
+        count = 1
+        for d in range(max_depth):
+            cands = []
+            for node, logp, h in frontier:
+                logits = base_logits[r, d].float()
+                if head is not None and d >= pure_prefix_len:
+                    logits = logits + _correction(zz[r, d].float()[None], h, w1, w2)[0]
+                lp = torch.log_softmax(logits, -1)
+                top = torch.topk(lp, topk)
+                for val, tok in zip(top.values.tolist(), top.indices.tolist()):
+                    cands.append((logp + val, node, tok, h))
+            cands.sort(key=lambda c: -c[0])
+            cands = cands[: min(topk ** (d + 1), m - count)]
+            if not cands:
+                break
+            frontier = []
+            for logp, par, tok, h in cands:
+                tokens[r, count], parents[r, count], q[r, count] = tok, par, math.exp(logp)
+                nh = _gru_cell(embedding[tok].float()[None], h, w_ih, w_hh) if head is not None else None
+                frontier.append((count, logp, nh))
+                count += 1
+        num[r] = count
+    return tokens, parents, q, num
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatch: the op when it is registered, else the stand-in
+# ----------------------------------------------------------------------------------------------
+
+append_kv = _ops.append_kv if _have("append_kv") else _append_kv_standin
+tree_attention = _ops.tree_attention if _have("tree_attention") else _tree_attention_standin
+tree_info = _ops.tree_info if _have("tree_info") else _tree_info_standin
+verify = _ops.verify if _have("verify") else _verify_standin
+chain_parents = getattr(_ops, "chain_parents", _chain_parents_standin)
+domino_rollout = _ops.domino_rollout if _have("domino_rollout") else _rollout_standin
+domino_tree_rollout = _ops.domino_tree_rollout if _have("domino_tree_rollout") else _tree_rollout_standin
+sample = _ops.sample
+
+
+def active_backends() -> dict:
+    """Which entry points run a compiled op and which a stand-in (shown by the CLI's --json stats)."""
+    names = ["append_kv", "tree_attention", "tree_info", "verify", "domino_rollout", "domino_tree_rollout"]
+    return {n: ("op" if _have(n) else "standin") for n in names}
