@@ -41,7 +41,8 @@ def sources(pattern):
 
 
 with_cuda = want_cuda()
-cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"]
+cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
+             f'-DDOMINO_TORCH_VERSION="{torch.__version__}"']
 nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
               "--threads", os.environ.get("NVCC_THREADS", "2")]
 srcs = sources("python/*.cpp") + sources("csrc/cpu/*.cpp")
@@ -49,7 +50,7 @@ define_macros = []
 if with_cuda:
     srcs += sources("csrc/cuda/*.cu")
     define_macros.append(("DOMINO_WITH_CUDA", "1"))
-    cxx_flags.append("-DDOMINO_WITH_CUDA=1")
+    cxx_flags += ["-DDOMINO_WITH_CUDA=1", f'-DDOMINO_CUDA_ARCH_LIST="{os.environ["TORCH_CUDA_ARCH_LIST"]}"']
     nvcc_flags.append("-DDOMINO_WITH_CUDA=1")
 
 Extension = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
@@ -59,13 +60,6 @@ ext = Extension(
     include_dirs=[os.path.join(ROOT, "csrc", "include")],
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
 )
-
-# Recorded in the package so `python -m domino_kernels.info` can say what was compiled.
-with open(os.path.join(ROOT, "domino_kernels", "_build_info.py"), "w") as f:
-    f.write("# Written by setup.py at build time.\n")
-    f.write(f"WITH_CUDA = {with_cuda!r}\n")
-    f.write(f"CUDA_ARCH_LIST = {os.environ['TORCH_CUDA_ARCH_LIST'] if with_cuda else ''!r}\n")
-    f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
 
 setup(
     ext_modules=[ext],

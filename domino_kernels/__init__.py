@@ -17,6 +17,4 @@ __all__ = list(ops.__all__)
 
 def cuda_kernels_compiled() -> bool:
     """True when this build registered CUDA kernels (not whether a GPU is present)."""
-    from . import _build_info
-
-    return bool(_build_info.WITH_CUDA)
+    return bool(_C.WITH_CUDA)

@@ -24,13 +24,13 @@ def dispatch_keys(op: str) -> list[str]:
 
 def main() -> int:
     import domino_kernels
-    from domino_kernels import _build_info
+    from domino_kernels import _C
 
     print(f"domino_kernels {domino_kernels.__version__}")
     print(f"torch {torch.__version__} (CUDA runtime {torch.version.cuda}), python {sys.version.split()[0]}")
-    print(f"built against torch {_build_info.TORCH_VERSION}")
-    if _build_info.WITH_CUDA:
-        print(f"CUDA kernels: compiled for TORCH_CUDA_ARCH_LIST={_build_info.CUDA_ARCH_LIST}")
+    print(f"built against torch {_C.TORCH_VERSION}")
+    if _C.WITH_CUDA:
+        print(f"CUDA kernels: compiled for TORCH_CUDA_ARCH_LIST={_C.CUDA_ARCH_LIST}")
     else:
         print("CUDA kernels: not compiled (CPU-only build)")
     print(f"GPU available: {torch.cuda.is_available()}"

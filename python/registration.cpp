@@ -14,7 +14,24 @@ TORCH_LIBRARY(domino, m) {
 // registrations above). No pybind11: ops are reached only through torch.ops.domino.
 #include <Python.h>
 
+#ifndef DOMINO_CUDA_ARCH_LIST
+#define DOMINO_CUDA_ARCH_LIST ""
+#endif
+#ifndef DOMINO_TORCH_VERSION
+#define DOMINO_TORCH_VERSION "unknown"
+#endif
+
+// The module also says what this very library contains (so a stale or foreign build cannot lie).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+#ifdef DOMINO_WITH_CUDA
+  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+  PyModule_AddStringConstant(m, "CUDA_ARCH_LIST", DOMINO_CUDA_ARCH_LIST);
+  PyModule_AddStringConstant(m, "TORCH_VERSION", DOMINO_TORCH_VERSION);
+  return m;
 }

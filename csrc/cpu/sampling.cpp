@@ -1,8 +1,9 @@
 // CPU implementation of domino::sampling (semantics in domino/sampling.h).
 //
 // One row at a time, in a few streaming passes: (1) validity and max, (2) top-k radix select over
-// ordered keys, (3) top-p radix select over fixed-point masses, (4) the Gumbel-max draw over the
-// kept set. Rows are independent; the binding layer spreads them over its thread pool.
+// ordered keys, (3) exp and fixed-point masses of what top-k kept, top-p radix select over them,
+// (4) the inverse-CDF draw over the kept set. Rows are independent; the binding layer spreads them
+// over its thread pool.
 #include <vector>
 
 #include "domino/sampling.h"
@@ -14,7 +15,8 @@ namespace {
 struct Scratch {
   std::vector<float> scaled;   // s_v = l_v / T
   std::vector<uint32_t> keys;  // ordered_key(s_v)
-  std::vector<uint64_t> mass;  // fixed_mass(exp(s_v - m)), only when top-p is on
+  std::vector<float> expo;     // exp(s_v - m) for what top-k kept, else 0
+  std::vector<uint64_t> mass;  // fixed_mass(expo), only when top-p is on
 };
 
 // k-th largest key (1-based k), MSB-first radix select.
@@ -76,7 +78,7 @@ int64_t sample_row(const SampleParams& p, int64_t b, Scratch& s) {
     const float l = to_float(row[v]);
     if (det::is_nan(l) || l == det::kInf) return -1;
     any |= l > -det::kInf;
-    const float sv = det::div(l, rp.temperature);
+    const float sv = det::mul(l, rp.inv_temperature);
     s.scaled[v] = sv;
     const uint32_t k = det::ordered_key(sv);
     s.keys[v] = k;
@@ -87,39 +89,31 @@ int64_t sample_row(const SampleParams& p, int64_t b, Scratch& s) {
 
   uint32_t floor_key = 0;
   if (rp.top_k > 0) floor_key = kth_largest_key(s.keys, n, uint32_t(rp.top_k));
+  s.expo.resize(n);
+  for (int64_t v = 0; v < n; ++v)
+    s.expo[v] = s.keys[v] >= floor_key ? det::exp(det::sub(s.scaled[v], m)) : 0.0f;
   if (rp.top_p < 1.0f) {
     s.mass.resize(n);
     uint64_t total = 0;
-    for (int64_t v = 0; v < n; ++v) {
-      const uint64_t w =
-          s.keys[v] >= floor_key ? det::fixed_mass(det::exp(det::sub(s.scaled[v], m))) : 0;
-      s.mass[v] = w;
-      total += w;
-    }
+    for (int64_t v = 0; v < n; ++v) total += s.mass[v] = det::fixed_mass(s.expo[v]);
     const uint32_t pk = top_p_key(s, n, floor_key, double(rp.top_p) * double(total));
     if (pk > floor_key) floor_key = pk;
   }
 
-  float best = -det::kInf;
-  int64_t best_idx = -1;
-  const uint32_t stream = rng::stream_id(rng::kSample, 0);
-  for (int64_t v0 = 0; v0 < n; v0 += 4) {
-    rng::U4 r{};
-    bool have_r = false;
-    for (int64_t v = v0; v < v0 + 4 && v < n; ++v) {
-      if (s.keys[v] < floor_key) continue;
-      const float sc = det::sub(s.scaled[v], m);
-      if (!(sc >= -kGumbelPruneMargin)) continue;  // provably cannot beat the max element
-      if (rp.min_p > 0.0f && det::exp(sc) < rp.min_p) continue;
-      if (!have_r) {
-        r = rng::raw4(rp.seed, rp.offset, stream, uint32_t(v0 >> 2));
-        have_r = true;
-      }
-      const float g = gumbel_key(sc, rng::u32_to_uniform(rng::lane(r, uint32_t(v & 3))));
-      if (better(g, v, best, best_idx)) { best = g; best_idx = v; }
-    }
+  // Inverse CDF over the kept set: total mass, then the first index whose prefix exceeds r.
+  auto kept_mass = [&](int64_t v) -> uint64_t {
+    if (s.keys[v] < floor_key || s.expo[v] < rp.min_p) return 0;
+    return det::fixed_mass(s.expo[v]);
+  };
+  uint64_t total = 0;
+  for (int64_t v = 0; v < n; ++v) total += kept_mass(v);
+  const uint64_t r = mass_rank(row_u64(rp.seed, rp.offset), total);
+  uint64_t prefix = 0;
+  for (int64_t v = 0; v < n; ++v) {
+    prefix += kept_mass(v);
+    if (prefix > r) return v;
   }
-  return best_idx;
+  return -1;  // unreachable: the max element always has mass 2^40 > 0
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 //
 // One thread block per row. Passes over the row (L2-resident after the first): validity + max,
 // then a 4-digit radix select for top-k (counts) and for top-p (fixed-point masses, integer
-// atomics: exact and order independent), then the Gumbel-max draw. No sort, no host sync, no
+// atomics: exact and order independent), then the inverse-CDF draw: every thread sums the kept
+// mass of its own contiguous slice, an exclusive block scan (integers: exact) locates the slice
+// holding the drawn rank, and that one thread walks its slice. No sort, no host sync, no
 // workspace: the op is CUDA-graph safe. Per-element math goes through domino::det and the shared
 // helpers in sampling.h, so tokens are bit-identical to the CPU kernel.
 #include <cuda_runtime.h>
@@ -17,20 +19,30 @@ namespace {
 constexpr int kThreads = 512;
 
 template <typename T>
-__device__ __forceinline__ float scaled_logit(const T* row, int64_t v, float temperature) {
-  return det::div(to_float(row[v]), temperature);
+__device__ __forceinline__ float scaled_logit(const T* row, int64_t v, float inv_temperature) {
+  return det::mul(to_float(row[v]), inv_temperature);
+}
+
+// Fixed-point mass of element v in the kept set (0 outside it); the CPU computes the same.
+template <typename T>
+__device__ __forceinline__ uint64_t kept_mass(const T* row, int64_t v, const RowParams& rp,
+                                              float m, uint32_t floor_key) {
+  const float s = scaled_logit(row, v, rp.inv_temperature);
+  if (det::ordered_key(s) < floor_key) return 0;
+  const float e = det::exp(det::sub(s, m));
+  return e < rp.min_p ? 0 : det::fixed_mass(e);
 }
 
 // MSB-first radix select of the k-th largest ordered key of the scaled row.
 template <typename T>
-__device__ uint32_t block_kth_largest_key(const T* row, int64_t n, float temperature, uint32_t k,
+__device__ uint32_t block_kth_largest_key(const T* row, int64_t n, float inv_temperature, uint32_t k,
                                           uint32_t* hist, uint32_t* shared_word) {
   uint32_t prefix = 0, mask = 0, remaining = k;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const uint32_t key = det::ordered_key(scaled_logit(row, v, temperature));
+      const uint32_t key = det::ordered_key(scaled_logit(row, v, inv_temperature));
       if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
     }
     __syncthreads();
@@ -45,7 +57,7 @@ __device__ uint32_t block_kth_largest_key(const T* row, int64_t n, float tempera
 }
 
 template <typename T>
-__device__ uint32_t block_top_p_key(const T* row, int64_t n, float temperature, float m,
+__device__ uint32_t block_top_p_key(const T* row, int64_t n, float inv_temperature, float m,
                                     uint32_t floor_key, double target,
                                     unsigned long long* hist, uint32_t* shared_word) {
   uint32_t prefix = 0, mask = 0;
@@ -54,7 +66,7 @@ __device__ uint32_t block_top_p_key(const T* row, int64_t n, float temperature, 
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const float s = scaled_logit(row, v, temperature);
+      const float s = scaled_logit(row, v, inv_temperature);
       const uint32_t key = det::ordered_key(s);
       if (key >= floor_key && (key & mask) == prefix) {
         const uint64_t w = det::fixed_mass(det::exp(det::sub(s, m)));
@@ -102,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     if (rp.greedy) {
       if (l > best.key) best = cuda::ArgMax{l, int32_t(v)};  // strided loop: first hit is lowest
     } else {
-      max_key = max(max_key, det::ordered_key(det::div(l, rp.temperature)));
+      max_key = max(max_key, det::ordered_key(det::mul(l, rp.inv_temperature)));
     }
   }
   bad = __syncthreads_or(bad);
@@ -125,43 +137,38 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
 
   uint32_t floor_key = 0;
   if (rp.top_k > 0)
-    floor_key = block_kth_largest_key(row, n, rp.temperature, uint32_t(rp.top_k), hist32,
+    floor_key = block_kth_largest_key(row, n, rp.inv_temperature, uint32_t(rp.top_k), hist32,
                                       &shared_word);
   if (rp.top_p < 1.0f) {
     unsigned long long total = 0;
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const float s = scaled_logit(row, v, rp.temperature);
+      const float s = scaled_logit(row, v, rp.inv_temperature);
       if (det::ordered_key(s) >= floor_key) total += det::fixed_mass(det::exp(det::sub(s, m)));
     }
     total = cuda::block_sum(total, red_u64);
-    const uint32_t pk = block_top_p_key(row, n, rp.temperature, m, floor_key,
+    const uint32_t pk = block_top_p_key(row, n, rp.inv_temperature, m, floor_key,
                                         double(rp.top_p) * double(total), hist64, &shared_word);
     if (pk > floor_key) floor_key = pk;
   }
 
-  // Gumbel-max over the kept set. Each thread owns groups of 4 consecutive indices so that one
-  // Philox call serves 4 elements.
-  const uint32_t stream = rng::stream_id(rng::kSample, 0);
-  best = cuda::ArgMax{-det::kInf, -1};
-  for (int64_t v0 = int64_t(threadIdx.x) * 4; v0 < n; v0 += int64_t(blockDim.x) * 4) {
-    rng::U4 r{};
-    bool have_r = false;
-    for (int64_t v = v0; v < v0 + 4 && v < n; ++v) {
-      const float s = scaled_logit(row, v, rp.temperature);
-      if (det::ordered_key(s) < floor_key) continue;
-      const float sc = det::sub(s, m);
-      if (!(sc >= -kGumbelPruneMargin)) continue;
-      if (rp.min_p > 0.0f && det::exp(sc) < rp.min_p) continue;
-      if (!have_r) {
-        r = rng::raw4(rp.seed, rp.offset, stream, uint32_t(v0 >> 2));
-        have_r = true;
+  // Inverse CDF: thread t owns the contiguous slice [t*chunk, (t+1)*chunk).
+  const int64_t chunk = (n + blockDim.x - 1) / blockDim.x;
+  const int64_t lo = min(n, int64_t(threadIdx.x) * chunk), hi = min(n, lo + chunk);
+  unsigned long long mine = 0;
+  for (int64_t v = lo; v < hi; ++v) mine += kept_mass(row, v, rp, m, floor_key);
+  unsigned long long total;
+  const unsigned long long before = cuda::block_exclusive_scan_u64(mine, red_u64, &total);
+  const uint64_t r = mass_rank(row_u64(rp.seed, rp.offset), total);
+  if (before <= r && r < before + mine) {  // exactly one thread owns the drawn rank
+    uint64_t prefix = before;
+    for (int64_t v = lo; v < hi; ++v) {
+      prefix += kept_mass(row, v, rp, m, floor_key);
+      if (prefix > r) {
+        p.out[b] = v;
+        break;
       }
-      const float g = gumbel_key(sc, rng::u32_to_uniform(rng::lane(r, uint32_t(v & 3))));
-      best = cuda::argmax_combine(best, cuda::ArgMax{g, int32_t(v)});
     }
   }
-  best = cuda::block_argmax(best, red_argmax);
-  if (threadIdx.x == 0) p.out[b] = best.idx;
 }
 
 }  // namespace

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from . import philox
-from .numerics import det_exp, det_log, fixed_mass, ordered_key
+from .numerics import det_exp, fixed_mass, ordered_key
 
-GUMBEL_PRUNE_MARGIN = np.float32(20.5)
 
 
 def _row_is_valid(t, k, p, q) -> bool:
@@ -57,16 +56,17 @@ def sample_row(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
     if t == 0:
         return int(np.argmax(l))  # first maximum = lowest index
     with np.errstate(all="ignore"):
-        s = (l / t).astype(np.float32)
+        s = (l * (np.float32(1.0) / t)).astype(np.float32)  # 1/T rounded once, as the kernels
     m = s.max()
     if not np.isfinite(m):
         return -1
     keep = kept_mask(s, top_k, float(top_p), float(min_p))
-    sc = (s - m).astype(np.float32)
-    cand = np.nonzero(keep & (sc >= -GUMBEL_PRUNE_MARGIN))[0]  # the prune changes no result
-    u = philox.uniforms(seed, offset, philox.stream_id(philox.SAMPLE, 0), cand)
-    g = (sc[cand] - det_log(-det_log(u))).astype(np.float32)
-    return int(cand[np.argmax(g)])
+    w = np.where(keep, fixed_mass(det_exp((s - m).astype(np.float32))), np.uint64(0))
+    cum = np.cumsum(w, dtype=np.uint64)
+    words = philox.raw_words(seed, offset, philox.stream_id(philox.SAMPLE, 0), np.arange(2))
+    u64 = (int(words[0]) << 32) | int(words[1])
+    r = (u64 * int(cum[-1])) >> 64  # floor(U * W / 2^64): the drawn mass rank in [0, W)
+    return int(np.searchsorted(cum, r, side="right"))  # first index whose prefix exceeds r
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: Optional[torch.Tensor],

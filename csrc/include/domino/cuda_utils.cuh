@@ -84,5 +84,35 @@ __device__ __forceinline__ uint32_t block_max_u32(uint32_t v, uint32_t* scratch)
   return warp_max_u32(v);
 }
 
+// Exclusive prefix sum of one uint64 per thread, in thread order (exact: integer adds). `scratch`
+// must hold >= 32 elements; `total` receives the block total in every thread.
+__device__ __forceinline__ unsigned long long block_exclusive_scan_u64(unsigned long long v,
+                                                                       unsigned long long* scratch,
+                                                                       unsigned long long* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  unsigned long long incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long up = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += up;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    unsigned long long w = lane < nwarps ? scratch[lane] : 0ull;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long up = __shfl_up_sync(kFullMask, w, o);
+      if (lane >= o) w += up;
+    }
+    if (lane < nwarps) scratch[lane] = w;  // inclusive scan of warp totals
+  }
+  __syncthreads();
+  *total = scratch[nwarps - 1];
+  const unsigned long long warp_before = warp ? scratch[warp - 1] : 0ull;
+  return warp_before + incl - v;
+}
+
 }  // namespace cuda
 }  // namespace domino

@@ -1,17 +1,20 @@
 // domino/sampling.h: sampling one token per row from logits, with temperature, top-k, top-p and
 // min-p applied exactly. This header is the contract; reference/sampling.py is its executable spec.
 //
-// Semantics per row b (all decisions are made on fp32 values computed with domino::det, so the
-// CPU and CUDA kernels take identical decisions):
+// Semantics per row b (all decisions are made on fp32 values computed with domino::det and on
+// exact integer sums, so the CPU and CUDA kernels take identical decisions):
 //   temperature T == 0: greedy, argmax of the raw logits, ties to the lowest index.
-//   T > 0:  s_v = l_v / T, m = max_v s_v, e_v = exp(s_v - m), w_v = fixed_mass(e_v).
+//   T > 0:  s_v = l_v * (1/T) (1/T rounded once), m = max_v s_v, e_v = exp(s_v - m),
+//           w_v = fixed_mass(e_v) = trunc(e_v * 2^40) (integer probability mass).
 //     top-k (0 < k < V): keep s_v >= the k-th largest s (ties at that value are all kept).
 //     top-p (p < 1):     over what top-k kept, keep s_v >= t*, where t* is the largest value such
 //                        that sum of w over {s >= t*} >= p * sum of w (integer sums: exact).
 //     min-p (q > 0):     keep e_v >= q (i.e. prob_v >= q * prob_max).
-//     sample: argmax over the kept set of  (s_v - m) - log(-log(u_v)),  u_v = Philox uniform of
-//             (seed_b, offset_b, stream(kSample, 0), v); ties to the lowest index. This is the
-//             Gumbel-max trick: an exact sample of the renormalised filtered distribution.
+//     sample: inverse CDF over the kept set in index order with the integer masses:
+//             W = sum of kept w, r = floor(U * W / 2^64) with U the 64-bit Philox word pair of
+//             (seed_b, offset_b, stream(kSample, 0), block 0); the token is the first index whose
+//             inclusive prefix mass exceeds r. Exact for the fixed-point weights (relative
+//             quantisation 2^-40 of the largest probability; tokens with e_v < 2^-40 get mass 0).
 //   A row is invalid, and its token is -1, when: a logit is NaN or +inf, no logit is > -inf,
 //   T < 0 or NaN, k < 0, p not in (0, 1], q not in [0, 1], or the largest scaled logit overflows.
 //   The binding layer raises on these for CPU tensors; on CUDA the -1 is the defined result.
@@ -43,14 +46,23 @@ struct SampleParams {
   int64_t* out = nullptr;              // [batch]
 };
 
-// Elements whose scaled logit is more than this below the row max cannot win the Gumbel-max
-// race against the max element: Gumbel noise here lies in [-2.82, 16.64] (the uniform is in
-// [2^-24, 1 - 2^-24]). Skipping them changes no result, it only saves RNG work.
-constexpr float kGumbelPruneMargin = 20.5f;
-
-// Gumbel-perturbed key of an element with centred scaled logit `sc` (= s - m) and uniform u.
+// Gumbel-perturbed key of an element with centred logit `sc` and uniform u: the argmax over a
+// set of these is an exact sample of softmax over that set (used by sampled drafting).
 DOMINO_HD float gumbel_key(float sc, float u) {
   return det::sub(sc, det::log(det::sub(0.0f, det::log(u))));
+}
+
+// The row's 64-bit uniform for the inverse-CDF draw, and the drawn mass rank in [0, total).
+DOMINO_HD uint64_t row_u64(uint64_t seed, uint64_t offset) {
+  const rng::U4 r = rng::raw4(seed, offset, rng::stream_id(rng::kSample, 0), 0);
+  return (uint64_t(r.x) << 32) | r.y;
+}
+DOMINO_HD uint64_t mass_rank(uint64_t u, uint64_t total) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(u, total);
+#else
+  return uint64_t((unsigned __int128)u * total >> 64);
+#endif
 }
 
 // Per-row parameters, validated. `valid == false` means the row's token is -1.
@@ -58,6 +70,7 @@ struct RowParams {
   bool valid;
   bool greedy;
   float temperature;
+  float inv_temperature;  // 1/T rounded once: s_v = l_v * inv_temperature
   int64_t top_k;   // 0 = off
   float top_p;     // 1 = off
   float min_p;     // 0 = off
@@ -77,6 +90,7 @@ DOMINO_HD RowParams row_params(const SampleParams& p, int64_t b) {
               det::is_nan(r.top_p) || !(r.top_p > 0.0f && r.top_p <= 1.0f) ||
               det::is_nan(r.min_p) || !(r.min_p >= 0.0f && r.min_p <= 1.0f));
   r.greedy = r.temperature == 0.0f;
+  r.inv_temperature = r.greedy ? 0.0f : det::div(1.0f, r.temperature);
   if (r.top_k >= p.vocab) r.top_k = 0;
   return r;
 }

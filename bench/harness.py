@@ -1,0 +1,131 @@
+"""Benchmark harness: time an op and its baseline in the same process, against a measured ceiling.
+
+Every figure a benchmark reports is either a ratio against a baseline timed in the same run, or
+bytes moved per second next to a bandwidth ceiling measured in the same run. Results are written
+as JSON with the machine description, under bench/results/<name>-<cpu|gpu model>.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Iterable
+
+import torch
+
+RESULTS_DIR = os.environ.get("DOMINO_BENCH_RESULTS",
+                             os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+
+
+def _sync(device: torch.device | str | None):
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20,
+            device: torch.device | str | None = "cpu", min_time_s: float = 0.0) -> dict:
+    """Median and spread of ``fn()`` wall time in microseconds. On CUDA each call is timed with
+    events around it (so launch overhead is included, host-side gaps between calls are not)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    start_all = time.perf_counter()
+    cuda = device is not None and torch.device(device).type == "cuda"
+    while len(times) < iters or (time.perf_counter() - start_all) < min_time_s:
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e6)
+        if len(times) >= 10 * iters:
+            break
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return {"median_us": statistics.median(times), "p10_us": q(0.1), "p90_us": q(0.9),
+            "min_us": times[0], "n": len(times)}
+
+
+def copy_bandwidth_gbs(device: torch.device | str = "cpu", nbytes: int | None = None) -> float:
+    """Measured memory bandwidth ceiling: (bytes read + bytes written) / s of a large copy."""
+    device = torch.device(device)
+    if nbytes is None:
+        nbytes = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), warmup=2, iters=10, device=device)
+    return 2 * nbytes / (t["median_us"] * 1e-6) / 1e9
+
+
+def read_bandwidth_gbs(device: torch.device | str = "cpu", nbytes: int | None = None) -> float:
+    """Measured read-only bandwidth ceiling: bytes read / s of a large sum reduction."""
+    device = torch.device(device)
+    if nbytes is None:
+        nbytes = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    t = time_fn(lambda: src.sum(), warmup=2, iters=10, device=device)
+    return nbytes / (t["median_us"] * 1e-6) / 1e9
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict:
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_sms=p.multi_processor_count,
+                    gpu_mem_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    return info
+
+
+def device_tag(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "gpu-" + torch.cuda.get_device_name(device).replace(" ", "_").replace("/", "_")
+    return "cpu"
+
+
+def write_results(name: str, rows: list[dict], extra: dict | None = None,
+                  device: torch.device | str = "cpu") -> str:
+    """Write ``rows`` plus the machine description to bench/results/<name>-<device>.json."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}-{device_tag(device)}.json")
+    payload = {"benchmark": name, "machine": machine_info(device),
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               **(extra or {}), "rows": rows}
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def print_table(rows: Iterable[dict], columns: list[str]) -> None:
+    rows = list(rows)
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
