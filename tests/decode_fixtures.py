@@ -90,3 +90,18 @@ def make_draft(path, target_hidden, *, target_layer_ids=(0, 2), layers=2, heads=
         json.dump({"metadata": {}, "weight_map": weight_map},
                   open(os.path.join(path, "model.safetensors.index.json"), "w"))
     return t
+
+
+def single_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread avoids thread-pool spin contention
+    (a 17x32x64 matmul takes 15 us on one thread and ms on two when the cores are busy)."""
+    import pytest
+
+    @pytest.fixture(autouse=True, scope="module")
+    def _single_thread():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(n)
+
+    return _single_thread

@@ -10,7 +10,9 @@ from safetensors.torch import load_file, save_file
 from domino_kernels.model.config import CheckpointError, DraftConfig, build_target_layer_ids
 from domino_kernels.model.dflash import load_draft
 from domino_kernels.model.qwen3 import load_qwen3
-from tests.decode_fixtures import make_draft, make_target
+from tests.decode_fixtures import make_draft, make_target, single_thread
+
+_single_thread = single_thread()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ KV cache, of tree verification, and the captured hidden states (spec §2.1 +1 of
 import pytest
 import torch
 
-from tests.decode_fixtures import make_target
+from tests.decode_fixtures import make_target, single_thread
+
+_single_thread = single_thread()
 from domino_kernels.model import kernels
 from domino_kernels.model.qwen3 import load_qwen3
 

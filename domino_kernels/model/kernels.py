@@ -58,11 +58,12 @@ def _append_kv_standin(k, v, k_cache, v_cache, block_table, kv_lens, q_cu_lens):
 
 def _tree_attention_standin(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens, *, mode="causal",
                             tree_mask=None, scale=None, return_lse=False):
-    """Padded over the batch: every request's keys gathered to [B, L, Hkv, D], then masked."""
+    """Padded over the batch: queries to [B, Qmax], each request's keys gathered to [B, L], masked."""
     if mode not in ("causal", "tree", "full"):
         raise ValueError(f"argument 'mode' must be causal, tree or full, got {mode!r}")
     total_q, hq, d = q.shape
     hkv, ps = k_cache.shape[2], k_cache.shape[1]
+    grp = hq // hkv
     dev = q.device
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     counts = (q_cu_lens[1:] - q_cu_lens[:-1]).long()
@@ -71,25 +72,32 @@ def _tree_attention_standin(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens
     qi = torch.arange(total_q, device=dev) - q_cu_lens[:-1].long()[req]   # index among new tokens
     prefix = kv_lens.long()
     total_kv = prefix + counts
-    length = int(total_kv.max()) if b else 0
+    length, qmax = int(total_kv.max()), int(counts.max())
     j = torch.arange(length, device=dev)
     pages = block_table.long()[:, (j // ps).clamp(max=block_table.shape[1] - 1)]      # [B, L]
     kk = k_cache[pages, j % ps].float()                                            # [B, L, Hkv, D]
     vv = v_cache[pages, j % ps].float()
-    kq = kk[req].repeat_interleave(hq // hkv, dim=2)                               # [Tq, L, Hq, D]
-    s = torch.einsum("qhd,qkhd->qhk", q.float(), kq) * scale
-    jj = j[None, :] - prefix[req][:, None]                                         # key's new-token index
-    visible = j[None, :] < total_kv[req][:, None]
+    qp = q.new_zeros((b, qmax, hq, d), dtype=torch.float32)
+    qp[req, qi] = q.float()
+    s = torch.einsum("bqkgd,blkd->bkgql", qp.view(b, qmax, hkv, grp, d), kk) * scale
+    col = j[None, None, :] - prefix[:, None, None]                                 # key's new-token index
+    row = torch.arange(qmax, device=dev)[None, :, None]
+    visible = (j[None, None, :] < total_kv[:, None, None]).expand(b, qmax, length)
     if mode == "causal":
-        visible &= jj <= qi[:, None]
+        visible = visible & (col <= row)
     elif mode == "tree":
-        words = tree_mask.long().gather(1, (jj.clamp(min=0) // 32).clamp(max=tree_mask.shape[1] - 1))
-        visible &= (jj < 0) | (((words >> (jj.clamp(min=0) % 32)) & 1) == 1)
-    s = s.masked_fill(~visible[:, None, :], float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)                                               # [Tq, Hq]
-    vq = vv[req].repeat_interleave(hq // hkv, dim=2)
-    out = torch.einsum("qhk,qkhd->qhd", torch.exp(s - lse[..., None]), vq).to(q.dtype)
-    return (out, lse) if return_lse else out
+        tm = tree_mask.new_zeros((b, qmax, tree_mask.shape[1]))
+        tm[req, qi] = tree_mask
+        c = col.clamp(min=0).expand(b, qmax, length)
+        words = tm.long().gather(2, (c // 32).clamp(max=tm.shape[2] - 1))
+        visible = visible & ((col < 0) | (((words >> (c % 32)) & 1) == 1))
+    s = s.masked_fill(~visible[:, None, None], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)                                               # [B, Hkv, G, Qmax]
+    o = torch.einsum("bkgql,blkd->bqkgd", torch.exp(s - lse[..., None]), vv).reshape(b, qmax, hq, d)
+    out = o[req, qi].to(q.dtype)
+    if return_lse:
+        return out, lse.reshape(b, hq, qmax).transpose(1, 2)[req, qi]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
