@@ -41,9 +41,11 @@ def sources(pattern):
 
 
 with_cuda = want_cuda()
-cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
+# No -std flag: torch's build adds the standard its headers need (C++20 since torch 2.14); the
+# framework-free core is C++17 and compiles as either.
+cxx_flags = ["-O3", "-ffp-contract=off", "-fvisibility=hidden",
              f'-DDOMINO_TORCH_VERSION="{torch.__version__}"']
-nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
               "--threads", os.environ.get("NVCC_THREADS", "2")]
 srcs = sources("python/*.cpp") + sources("csrc/cpu/*.cpp")
 define_macros = []

@@ -12,9 +12,11 @@
 #if defined(__CUDACC__)
 #define DOMINO_HD __host__ __device__ __forceinline__
 #define DOMINO_DEVICE __device__ __forceinline__
+#define DOMINO_UNROLL _Pragma("unroll")
 #else
 #define DOMINO_HD inline
 #define DOMINO_DEVICE inline
+#define DOMINO_UNROLL
 #endif
 
 namespace domino {
