@@ -148,7 +148,10 @@ class DraftConfig:
     @classmethod
     def from_dir(cls, directory: str) -> "DraftConfig":
         path = os.path.join(directory, "config.json")
-        cfg = read_json(path)
+        return cls.from_dict(read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, cfg: dict, path: str = "config.json") -> "DraftConfig":
         layers = Qwen3Config.from_dict(cfg, path)
         dfc = cfg.get("dflash_config") or {}
         proj = dfc.get("projector_type")

@@ -128,8 +128,12 @@ def load_draft(directory: str, target: Qwen3, dtype: Optional[torch.dtype] = Non
     """Load a DFlash or Domino draft directory for ``target`` (whose embedding and lm_head it uses)."""
     cfg = DraftConfig.from_dir(directory)
     check_pair(cfg, target, directory)
-    dtype = dtype or target.dtype
-    src = TensorSource(read_state_dict(directory, dtype), directory, strip_prefixes=LEGACY_PREFIXES)
+    return draft_from_state(cfg, read_state_dict(directory, dtype or target.dtype), target, directory)
+
+
+def draft_from_state(cfg: DraftConfig, state: dict, target: Qwen3, where: str) -> DraftModel:
+    """Build the draft from its state dict (flat or legacy-prefixed keys), shapes checked."""
+    src = TensorSource(state, where, strip_prefixes=LEGACY_PREFIXES)
     h = cfg.layers.hidden_size
     n = len(cfg.target_layer_ids)
     fc = src.take("fc.weight", (h, n * h), f"hidden_size={h} x {n} target_layer_ids")
@@ -145,7 +149,7 @@ def load_draft(directory: str, target: Qwen3, dtype: Optional[torch.dtype] = Non
             w1=src.take("embed_proj.0.weight", (e, h + g), f"emb_dim={e}, hidden_size+gru_hidden_dim={h + g}"),
             w2=src.take("embed_proj.2.weight", (v, e), f"vocab_size={v}, emb_dim={e}"))
     src.check_all_used(ignore=("rotary_emb.inv_freq",))
-    dev = target.device
-    layers = [Qwen3Layer(**{k: getattr(l, k).to(dev) for k in l.__dataclass_fields__}) for l in layers]
-    head = None if head is None else DominoHeadWeights(*(w.to(dev) for w in head))
-    return DraftModel(cfg, fc.to(dev), hidden_norm.to(dev), layers, norm.to(dev), head)
+    to = lambda t: t.to(device=target.device, dtype=target.dtype)  # noqa: E731
+    layers = [Qwen3Layer(**{k: to(getattr(l, k)) for k in l.__dataclass_fields__}) for l in layers]
+    head = None if head is None else DominoHeadWeights(*(to(w) for w in head))
+    return DraftModel(cfg, to(fc), to(hidden_norm), layers, to(norm), head)

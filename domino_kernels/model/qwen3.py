@@ -186,9 +186,13 @@ class Qwen3:
 def load_qwen3(directory: str, dtype: Optional[torch.dtype] = None, device="cpu") -> Qwen3:
     """Load a Hugging Face Qwen3 checkpoint directory (config.json + safetensors)."""
     cfg = Qwen3Config.from_dir(directory)
-    dtype = dtype or cfg.dtype
-    cfg.dtype = dtype
-    src = TensorSource(read_state_dict(directory, dtype), directory)
+    cfg.dtype = dtype or cfg.dtype
+    return qwen3_from_state(cfg, read_state_dict(directory, cfg.dtype), directory, device)
+
+
+def qwen3_from_state(cfg: Qwen3Config, state: dict, where: str, device="cpu") -> Qwen3:
+    """Build the target from a Hugging Face state dict, every shape checked against ``cfg``."""
+    src = TensorSource(state, where)
     v, h = cfg.vocab_size, cfg.hidden_size
     embed = src.take("model.embed_tokens.weight", (v, h), f"vocab_size={v}, hidden_size={h}")
     layers = [load_layer(src, f"model.layers.{i}.", cfg) for i in range(cfg.num_hidden_layers)]
@@ -202,7 +206,7 @@ def load_qwen3(directory: str, dtype: Optional[torch.dtype] = None, device="cpu"
     else:
         lm_head = src.take("lm_head.weight", (v, h), f"vocab_size={v}, hidden_size={h}")
     src.check_all_used(ignore=("rotary_emb.inv_freq",))
-    to = lambda t: t.to(device)  # noqa: E731
+    to = lambda t: t.to(device=device, dtype=cfg.dtype)  # noqa: E731
     layers = [Qwen3Layer(**{k: to(getattr(l, k)) for k in l.__dataclass_fields__}) for l in layers]
     embed_d = to(embed)
     return Qwen3(cfg, embed_d, layers, to(norm), embed_d if lm_head is embed else to(lm_head))
