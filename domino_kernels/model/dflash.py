@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .config import CheckpointError, DraftConfig
-from .kernels import DominoHeadWeights
+from .kernels import DominoHeadWeights, map_head
 from .loading import TensorSource, read_state_dict
 from .qwen3 import PagedKVCache, Qwen3, Qwen3Layer, Rope, layer_attention, layer_mlp, load_layer, rms_norm
 
@@ -90,18 +90,28 @@ class DraftModel:
         if self.head is None:
             return base.argmax(-1)
         tokens, _, _ = kernels.domino_rollout(
-            z, base, anchor, self.head, embedding=target.embed, num_proposals=n,
+            z, base, anchor, self.head, target.embed, num_proposals=n,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len)
         return tokens
 
     def propose_tree(self, z, anchor, target: Qwen3, topk: int, budget: int):
-        """(tokens, parents, num_nodes) of a draft tree with node 0 = anchor, in verify's layout."""
+        """(tokens, parents, num_nodes) of a draft tree with node 0 = anchor, in verify's layout.
+        Without a Domino head the tree rollout runs with a rank-1 zero head: its correction is
+        exactly 0, so children are the top-k of the DFlash base logits."""
         depth = min(budget, self.max_proposals())
         base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
+        head = self.head if self.head is not None else self._zero_head(target)
         tokens, parents, _, num = kernels.domino_tree_rollout(
-            z, base, anchor, self.head, embedding=target.embed, topk=topk, budget=budget, depth=depth,
+            z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len)
         return tokens, parents, num
+
+    def _zero_head(self, target: Qwen3):
+        if getattr(self, "_zero", None) is None:
+            h, v = self.cfg.layers.hidden_size, self.cfg.layers.vocab_size
+            z = lambda *s: torch.zeros(*s, dtype=target.dtype, device=target.device)  # noqa: E731
+            self._zero = DominoHeadWeights(w_ih=z(3, h), w_hh=z(3, 1), w1=z(1, h + 1), w2=z(v, 1))
+        return self._zero
 
 
 def check_pair(draft_cfg: DraftConfig, target: Qwen3, where: str) -> None:
@@ -151,5 +161,5 @@ def draft_from_state(cfg: DraftConfig, state: dict, target: Qwen3, where: str) -
     src.check_all_used(ignore=("rotary_emb.inv_freq",))
     to = lambda t: t.to(device=target.device, dtype=target.dtype)  # noqa: E731
     layers = [Qwen3Layer(**{k: to(getattr(l, k)) for k in l.__dataclass_fields__}) for l in layers]
-    head = None if head is None else DominoHeadWeights(*(to(w) for w in head))
+    head = None if head is None else map_head(to, head)
     return DraftModel(cfg, to(fc), to(hidden_norm), layers, to(norm), head)

@@ -26,13 +26,22 @@ def _have(op: str) -> bool:
     return hasattr(torch.ops.domino, op) and hasattr(_ops, op)
 
 
-class DominoHeadWeights(NamedTuple):
+class _HeadWeights(NamedTuple):
     """GRU ``w_ih [3G, H]``, ``w_hh [3G, G]``; ``w1 = embed_proj.0 [E, H+G]``; ``w2 = embed_proj.2 [V, E]``."""
 
     w_ih: torch.Tensor
     w_hh: torch.Tensor
     w1: torch.Tensor
     w2: torch.Tensor
+
+
+DominoHeadWeights = getattr(_ops, "DominoHeadWeights", _HeadWeights)
+HEAD_FIELDS = ("w_ih", "w_hh", "w1", "w2")
+
+
+def map_head(fn, head):
+    """``head`` with ``fn`` applied to each of its four weights."""
+    return DominoHeadWeights(**{k: fn(getattr(head, k)) for k in HEAD_FIELDS})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,13 +202,13 @@ def _correction(zz, h, w1, w2):
     return F.silu(torch.cat([zz, h], -1).float() @ w1.float().t()) @ w2.float().t()
 
 
-def _rollout_standin(hidden, base_logits, anchor, head, *, embedding, num_proposals, shift_label=True,
+def _rollout_standin(hidden, base_logits, anchor, head, embedding, *, num_proposals, shift_label=True,
                      pure_prefix_len=1, temperature=None, seed=None, offset=None, return_q_rows=False,
                      candidates=0, gru_table=None):
     """Greedy chain rollout; hidden [B, S, H], base_logits [B, N, V]; returns (tokens, q, None)."""
     b, n = anchor.shape[0], num_proposals
     zz = hidden[:, :n] if shift_label else hidden[:, 1:n + 1]
-    w_ih, w_hh, w1, w2 = (w.float() for w in head)
+    w_ih, w_hh, w1, w2 = (getattr(head, k).float() for k in HEAD_FIELDS)
     h = torch.zeros(b, w_hh.shape[1], dtype=torch.float32, device=hidden.device)
     h = _gru_cell(embedding[anchor.long()].float(), h, w_ih, w_hh)
     tokens = torch.empty(b, n, dtype=torch.int64, device=hidden.device)
@@ -216,48 +225,43 @@ def _rollout_standin(hidden, base_logits, anchor, head, *, embedding, num_propos
     return tokens, q, None
 
 
-def _tree_rollout_standin(hidden, base_logits, anchor, head, *, embedding, topk, budget, depth=None,
+def _tree_rollout_standin(hidden, base_logits, anchor, head, embedding, *, topk, depth, budget,
                           shift_label=True, pure_prefix_len=1):
     """Depth-wise tree: each frontier node proposes its top-k children (corrected logits with the
     node's own GRU state); a level keeps the children of highest cumulative log-probability until
-    ``budget`` drafted nodes exist. ``head=None`` gives DFlash-only children (base logits).
-    Returns (tokens [B, M], parents [B, M], q [B, M], num_nodes [B]) with node 0 = anchor, M = budget+1."""
+    ``budget`` drafted nodes exist. Returns (tokens [B, M], parents [B, M], q [B, M], num_nodes [B])
+    with node 0 = anchor, M = budget + 1, padding nodes token -1 / parent -1 / q 0."""
     b = anchor.shape[0]
     dev = hidden.device
-    max_depth = base_logits.shape[1] if depth is None else min(depth, base_logits.shape[1])
-    zz = hidden[:, :max_depth] if shift_label else hidden[:, 1:max_depth + 1]
+    depth = min(depth, base_logits.shape[1])
+    zz = hidden[:, :depth] if shift_label else hidden[:, 1:depth + 1]
+    w_ih, w_hh, w1, w2 = (getattr(head, k).float() for k in HEAD_FIELDS)
     m = budget + 1
-    tokens = torch.zeros(b, m, dtype=torch.int64, device=dev)
+    tokens = torch.full((b, m), -1, dtype=torch.int64, device=dev)
     parents = torch.full((b, m), -1, dtype=torch.int64, device=dev)
-    q = torch.ones(b, m, dtype=torch.float32, device=dev)
-    tokens[:, 0] = anchor
+    q = torch.zeros(b, m, dtype=torch.float32, device=dev)
+    tokens[:, 0], q[:, 0] = anchor, 1.0
     num = torch.ones(b, dtype=torch.int64, device=dev)
     for r in range(b):
-        if head is not None:
-            w_ih, w_hh, w1, w2 = (w.float() for w in head)
-            h0 = _gru_cell(embedding[anchor[r].long()].float()[None],
-                           torch.zeros(1, w_hh.shape[1], device=dev), w_ih, w_hh)
-        frontier = [(0, 0.0, h0 if head is not None else None)]  # (node, logp, gru state)
+        h0 = _gru_cell(embedding[anchor[r].long()].float()[None], torch.zeros(1, w_hh.shape[1], device=dev),
+                       w_ih, w_hh)
+        frontier = [(0, 0.0, h0)]  # (node, log-probability, GRU state after the node)
         count = 1
-        for d in range(max_depth):
+        for d in range(depth):
             cands = []
             for node, logp, h in frontier:
                 logits = base_logits[r, d].float()
-                if head is not None and d >= pure_prefix_len:
+                if d >= pure_prefix_len:
                     logits = logits + _correction(zz[r, d].float()[None], h, w1, w2)[0]
-                lp = torch.log_softmax(logits, -1)
-                top = torch.topk(lp, topk)
-                for val, tok in zip(top.values.tolist(), top.indices.tolist()):
-                    cands.append((logp + val, node, tok, h))
-            cands.sort(key=lambda c: -c[0])
-            cands = cands[: min(topk ** (d + 1), m - count)]
+                top = torch.topk(torch.log_softmax(logits, -1), topk)
+                cands += [(logp + v, node, t, h) for v, t in zip(top.values.tolist(), top.indices.tolist())]
+            cands = sorted(cands, key=lambda c: -c[0])[: m - count]
             if not cands:
                 break
             frontier = []
             for logp, par, tok, h in cands:
                 tokens[r, count], parents[r, count], q[r, count] = tok, par, math.exp(logp)
-                nh = _gru_cell(embedding[tok].float()[None], h, w_ih, w_hh) if head is not None else None
-                frontier.append((count, logp, nh))
+                frontier.append((count, logp, _gru_cell(embedding[tok].float()[None], h, w_ih, w_hh)))
                 count += 1
         num[r] = count
     return tokens, parents, q, num
