@@ -113,16 +113,18 @@ def gpu_shape_rows(args, dev):
         with torch.no_grad():
             _, feats = target.forward(toks, pos, cache, all_rows, cu, logits_rows=cu[1:].long() - 1)
             cache.commit(all_rows, torch.full((batch,), ctx, device=dev))
-            draft.append_context(feats[: batch * (ctx - 5)], pos[: batch * (ctx - 5)] % (ctx - 5), dcache,
-                                 all_rows, torch.arange(0, (batch + 1) * (ctx - 5), ctx - 5, dtype=torch.int32,
-                                                        device=dev))
+            n_ctx = ctx - 5  # the draft holds context < ctx - 5; each step appends 5 more
+            per_req = feats.view(batch, ctx, -1)
+            draft.append_context(per_req[:, :n_ctx].reshape(batch * n_ctx, -1), pos.view(batch, ctx)[:, :n_ctx].reshape(-1),
+                                 dcache, all_rows,
+                                 torch.arange(0, (batch + 1) * n_ctx, n_ctx, dtype=torch.int32, device=dev))
         anchor = toks[:batch]
         s = cache.lens.long()
         one = torch.arange(batch + 1, dtype=torch.int32, device=dev)
         vt = torch.arange(0, (batch + 1) * 16, 16, dtype=torch.int32, device=dev)
         vpos = (s[:, None] + torch.arange(16, device=dev)).reshape(-1)
         vtok = toks[: batch * 16]
-        ctx_feats = feats[: batch * 5]
+        ctx_feats = feats.view(batch, ctx, -1)[:, ctx - 5:].reshape(batch * 5, -1)
         ctx_pos = (ctx - 5 + torch.arange(5, device=dev)).repeat(batch)
         ctx_cu = torch.arange(0, (batch + 1) * 5, 5, dtype=torch.int32, device=dev)
 

@@ -17,7 +17,7 @@ from domino_kernels.model.qwen3 import load_qwen3
 from tests.decode_fixtures import make_draft, make_target, single_thread
 
 _single_thread = single_thread()
-from tests.stats import assert_matches_distribution
+from tests.stats import assert_matches_distribution, assert_rejects_distribution
 
 V = 97
 
@@ -219,6 +219,11 @@ def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_p
         taus.append(out.stats["tau"])
     assert min(taus) > 1.5  # the draft's proposals were accepted often enough to matter
     assert_matches_distribution(counts, exact.ravel())
+    # power: the same counts reject the sequence distribution of a slightly different temperature
+    with torch.no_grad():
+        l1 = hf(torch.tensor([prompt])).logits[0, -1].double() / 0.9
+    p1_wrong = torch.softmax(l1.masked_fill(l1 < l1.topk(4).values[-1], float("-inf")), -1).numpy()
+    assert_rejects_distribution(counts, (p1_wrong[:, None, None] * p2[:, :, None] * p3).ravel())
 
 
 def test_sampling_is_reproducible_from_the_seed(pair):
@@ -250,3 +255,25 @@ def test_cli_json_and_trace(tmp_path):
     assert len(trace) == st["steps"] and all(len(r["draft"]) == 16 and 0 <= r["accepted"] <= 16 for r in trace)
     with pytest.raises(SystemExit, match="--draft DIR, or --no-draft"):
         cli(base[:-1])
+
+
+def test_cli_text_prompt_with_tokenizer_and_summary_line(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    make_target(tmp_path / "t", layers=4, init_range=0.1, seed=3)
+    make_draft(tmp_path / "d", 32)
+    words = [f"w{i}" for i in range(V)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "t" / "tokenizer.json"))
+    args = ["generate", "--target", str(tmp_path / "t"), "--draft", str(tmp_path / "d"), "--prompt", "w5 w6 w7",
+            "--max-new-tokens", "6", "--ignore-eos"]
+    assert cli(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"].split() == [words[t] for t in out["tokens"]]
+    ids = generate(load_qwen3(str(tmp_path / "t")), [[5, 6, 7]], max_new_tokens=6).tokens[0]
+    assert out["tokens"] == ids
+    assert cli(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == [words[t] for t in ids]
+    assert lines[-1].startswith("[chain domino] 6 tokens in") and "tokens/s, tau" in lines[-1]
