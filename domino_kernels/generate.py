@@ -220,8 +220,11 @@ def _spec_step(target, draft, head, cache, draft_cache, rows, active, anchor, pe
         positions, flat_mask, mode = s[:, None] + torch.arange(width, device=dev), None, "causal"
     logits, vfeats = target.forward(tokens[valid], positions[valid], cache, rows, cu, mode=mode,
                                     tree_mask=flat_mask)
-    padded = logits.new_zeros(ba, width, logits.shape[-1])
-    padded[valid] = logits
+    if tree:  # ragged trees: scatter node logits into the [B, T, V] layout verify reads
+        padded = logits.new_zeros(ba, width, logits.shape[-1])
+        padded[valid] = logits
+    else:
+        padded = logits.view(ba, width, -1)
     rule = "greedy" if temperature == 0 else "target_only"
     acc, path, emitted = kernels.verify(tokens, parents, padded, num_nodes=num, rule=rule,
                                         temperature=temps[rows], top_k=topks[rows], top_p=topps[rows],
