@@ -181,10 +181,11 @@ def test_bad_input(pair):
     assert out.tokens == [[]] and out.stats["new_tokens"] == 0
 
 
-def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_path):
+@pytest.mark.parametrize("tree", [False, True])
+def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_path, tree):
     """Three sampled tokens (T=0.8, top-k 4) from a 6-token vocabulary, 1e5 sequences through the
-    batch dimension, against the exact sequence probabilities of the transformers model.
-    False-alarm rate of the G-test: alpha = 1e-4 at these fixed seeds."""
+    batch dimension, against the exact sequence probabilities of the transformers model; chain and
+    tree drafts. False-alarm rate of the G-test: alpha = 1e-4 per case at these fixed seeds."""
     vocab = 6
     hf = make_target(tmp_path / "t", vocab=vocab, hidden=16, layers=2, heads=2, kv_heads=1, inter=32,
                      init_range=0.5, seed=4)
@@ -209,11 +210,21 @@ def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_p
     y1 = p2.argmax(-1)
     table = torch.tensor(np.stack([y1, p3[np.arange(vocab), y1].argmax(-1), np.zeros(vocab, int)], 1))
     draft.propose_chain = lambda z, anchor, target, n: table[anchor][:, :n]
+    # tree: root -> {y1, second choice}, y1 -> {y2}
+    alt = torch.tensor(np.argsort(-p2, axis=-1)[:, 1])
+
+    def propose_tree(z, anchor, target, topk, budget):
+        toks = torch.stack([anchor, table[anchor, 0], alt[anchor], table[anchor, 1]], 1)
+        parents = torch.tensor([-1, 0, 0, 1]).expand(len(anchor), 4)
+        return toks, parents, torch.full((len(anchor),), 4)
+
+    draft.propose_tree = propose_tree
+    kw = dict(tree_topk=2, tree_budget=3) if tree else dict(num_proposals=3)
     counts = np.zeros(vocab ** 3)
     taus = []
     for chunk in range(4):
         out = generate(target, [prompt] * 25000, draft=draft, max_new_tokens=3, temperature=0.8, top_k=4,
-                       seed=100 + chunk, num_proposals=3)
+                       seed=100 + chunk + 10 * tree, **kw)
         seq = np.array(out.tokens)
         np.add.at(counts, seq[:, 0] * vocab ** 2 + seq[:, 1] * vocab + seq[:, 2], 1)
         taus.append(out.stats["tau"])
@@ -277,3 +288,22 @@ def test_cli_text_prompt_with_tokenizer_and_summary_line(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == [words[t] for t in ids]
     assert lines[-1].startswith("[chain domino] 6 tokens in") and "tokens/s, tau" in lines[-1]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_random_configurations_stay_lossless(tmp_path, pair, case):
+    """A sweep: batch 1-5, prompt lengths 1-20, chain length or tree shape, Domino or DFlash,
+    the real draft or an oracle draft (long accepted runs)."""
+    _, target, domino, dflash = pair
+    rng = np.random.default_rng(case)
+    prompts = _prompts(100 + case, rng.integers(1, 21, size=int(rng.integers(1, 6))).tolist())
+    max_new = int(rng.integers(5, 30))
+    ref = generate(target, prompts, max_new_tokens=max_new + 20)
+    draft = domino if case % 2 else dflash
+    if case % 3 == 0:
+        draft = load_draft(str(make_draft(tmp_path, 32) and tmp_path), target)
+        Oracle(draft, [p + r for p, r in zip(prompts, ref.tokens)], seed=case)
+    kw = (dict(tree_topk=int(rng.integers(1, 4)), tree_budget=int(rng.integers(2, 24))) if case >= 3
+          else dict(num_proposals=int(rng.integers(1, draft.max_proposals() + 1))))
+    out = generate(target, prompts, draft=draft, max_new_tokens=max_new, **kw)
+    assert out.tokens == [r[:max_new] for r in ref.tokens]
