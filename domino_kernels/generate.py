@@ -198,7 +198,7 @@ def _spec_step(target, draft, head, cache, draft_cache, rows, active, anchor, pe
     model = draft if head is draft.head else _without_head(draft)
     if tree:
         tokens, parents, num = model.propose_tree(z, anchor[rows], target, tree_topk, tree_budget)
-        num = num.to(torch.int64)
+        tokens, parents, num = tokens.contiguous(), parents.contiguous(), num.to(torch.int64)
     else:
         y = model.propose_chain(z, anchor[rows], target, n_prop)
         tokens = torch.cat([anchor[rows, None], y], dim=1)
