@@ -10,12 +10,15 @@ One decode step for the active requests (``rows``):
      compacted into place (tree) and committed, the rest of the written slots become scratch;
      the features of the accepted nodes become the next pending context; the bonus token is the
      next anchor.
-Host syncs per step: one transfer of (accept_len, emitted) to the host for the output lists and
-the stop-token check (plus whatever a stand-in kernel does, see model/kernels.py).
+Host syncs per step: one transfer of (accept_len, emitted, accept_path), from which the output
+lists, the stop check and the step's packing indices are built on the host; trees add one read of
+their sizes; on CUDA, timing adds a sync between draft and verify (plus whatever a stand-in kernel
+does, see model/kernels.py).
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -130,8 +133,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
 
     # prefill: every prompt token, causal; logits at each prompt's last token only
     all_rows = torch.arange(bsz, device=dev)
-    cu = torch.zeros(bsz + 1, dtype=torch.int32, device=dev)
-    cu[1:] = torch.cumsum(lens, 0)
+    cu = _cu([len(p) for p in prompts], dev)
     positions = torch.cat([torch.arange(len(p), device=dev) for p in prompts])
     tokens = torch.tensor([t for p in prompts for t in p], dtype=torch.int64, device=dev)
     logits, feats = target.forward(tokens, positions, cache, all_rows, cu, logits_rows=cu[1:].long() - 1)
@@ -144,7 +146,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
 
     if spec:
         draft_cache = draft.new_cache(bsz, capacity + draft.cfg.block_size)
-        pending = (feats, positions, torch.repeat_interleave(all_rows, lens))
+        pending = (feats, positions, [b for b, p in enumerate(prompts) for _ in p])
         hist = [0] * width
     records = [] if trace else None
     while not all(outs.done):
@@ -188,21 +190,26 @@ def _spec_step(target, draft, head, cache, draft_cache, rows, active, anchor, pe
     dev = target.device
     ba = rows.numel()
     t0 = time.perf_counter()
-    feats, ctx_pos, ctx_req = pending                      # packed, ascending request id
-    keep = torch.isin(ctx_req, rows)                         # drop requests that have finished
-    counts = torch.bincount(ctx_req[keep], minlength=anchor.shape[0])[rows]
-    ctx_cu = torch.zeros(ba + 1, dtype=torch.int32, device=dev)
-    ctx_cu[1:] = torch.cumsum(counts, 0)
-    draft.append_context(feats[keep], ctx_pos[keep], draft_cache, rows, ctx_cu)
+    feats, ctx_pos, ctx_req = pending            # packed rows; ctx_req: host list, ascending request
+    live = set(active)
+    if any(r not in live for r in ctx_req):       # requests that finished leave the batch
+        keep = torch.tensor([j for j, r in enumerate(ctx_req) if r in live], dtype=torch.int64, device=dev)
+        feats, ctx_pos = feats.index_select(0, keep), ctx_pos.index_select(0, keep)
+        ctx_req = [r for r in ctx_req if r in live]
+    per_req = Counter(ctx_req)
+    ctx_cu = _cu([per_req[b] for b in active], dev)
+    draft.append_context(feats, ctx_pos, draft_cache, rows, ctx_cu)
     z = draft.block_forward(anchor[rows], target.embed, draft_cache, rows)
     model = draft if head is draft.head else _without_head(draft)
     if tree:
         tokens, parents, num = model.propose_tree(z, anchor[rows], target, tree_topk, tree_budget)
         tokens, parents, num = tokens.contiguous(), parents.contiguous(), num.to(torch.int64)
+        num_host = num.tolist()                   # tree sizes decide the packing: a host read
     else:
         y = model.propose_chain(z, anchor[rows], target, n_prop)
         tokens = torch.cat([anchor[rows, None], y], dim=1)
         parents = kernels.chain_parents(ba, n_prop + 1, dev)
+        num_host = [n_prop + 1] * ba
         num = torch.full((ba,), n_prop + 1, dtype=torch.int64, device=dev)
     _sync(dev)
     t1 = time.perf_counter()
@@ -210,60 +217,73 @@ def _spec_step(target, draft, head, cache, draft_cache, rows, active, anchor, pe
     # verify: packed nodes of every active request on top of its committed KV
     width = tokens.shape[1]
     s = cache.lens[rows].long()
-    valid = torch.arange(width, device=dev)[None, :] < num[:, None]
-    cu = torch.zeros(ba + 1, dtype=torch.int32, device=dev)
-    cu[1:] = torch.cumsum(num, 0)
+    cu = _cu(num_host, dev)
     if tree:
+        flat = torch.tensor([i * width + j for i, n in enumerate(num_host) for j in range(n)],
+                            dtype=torch.int64, device=dev)
         mask, _, positions = kernels.tree_info(parents, num_nodes=num, prefix_lens=s)
-        flat_mask, mode = mask[valid], "tree"
+        logits, vfeats = target.forward(tokens.reshape(-1)[flat], positions.reshape(-1)[flat], cache, rows, cu,
+                                        mode="tree", tree_mask=mask.reshape(ba * width, -1)[flat])
+        padded = logits.new_zeros(ba * width, logits.shape[-1]).index_copy_(0, flat, logits)
+        padded = padded.view(ba, width, -1)       # ragged trees in the [B, T, V] layout verify reads
     else:
-        positions, flat_mask, mode = s[:, None] + torch.arange(width, device=dev), None, "causal"
-    logits, vfeats = target.forward(tokens[valid], positions[valid], cache, rows, cu, mode=mode,
-                                    tree_mask=flat_mask)
-    if tree:  # ragged trees: scatter node logits into the [B, T, V] layout verify reads
-        padded = logits.new_zeros(ba, width, logits.shape[-1])
-        padded[valid] = logits
-    else:
+        positions = (s[:, None] + torch.arange(width, device=dev)).reshape(-1)
+        logits, vfeats = target.forward(tokens.reshape(-1), positions, cache, rows, cu, mode="causal")
         padded = logits.view(ba, width, -1)
     rule = "greedy" if temperature == 0 else "target_only"
     acc, path, emitted = kernels.verify(tokens, parents, padded, num_nodes=num, rule=rule,
                                         temperature=temps[rows], top_k=topks[rows], top_p=topps[rows],
                                         seed=seeds[rows], offset=step_offset[rows])
-    _sync(dev)
+    host = torch.cat([acc.long()[:, None], emitted.long(), path.long()], dim=1).tolist()  # the step's sync
     t2 = time.perf_counter()
 
     # accept: compact the accepted path's KV, commit, hand its features to the draft
-    acc = acc.long()
-    kept = torch.arange(width, device=dev)[None, :] <= acc[:, None]          # path slots 0..a
-    req = rows[:, None].expand(-1, width)[kept]
-    depth = torch.arange(width, device=dev)[None, :].expand(ba, -1)[kept]
-    node = path.long()[kept]
+    acc_host = [h[0] for h in host]
+    paths = [h[1 + width: 2 + width + a] for h, a in zip(host, acc_host)]  # accepted nodes, root first
+    slot = [(i, j, node) for i, p in enumerate(paths) for j, node in enumerate(p)]
+    row_i = torch.tensor([i for i, _, _ in slot], dtype=torch.int64, device=dev)
+    depth = torch.tensor([j for _, j, _ in slot], dtype=torch.int64, device=dev)
     if tree:
-        base = s[:, None].expand(-1, width)[kept]
-        moved = node != depth
-        cache.move_tokens(req[moved], (base + node)[moved], (base + depth)[moved])
-    cache.commit(rows, acc + 1)
-    row_of = torch.arange(ba, device=dev)[:, None].expand(-1, width)[kept]
-    new_feats = vfeats[cu[:-1].long()[row_of] + node]
-    new_pos = s[row_of] + depth
+        moves = [(i, j, node) for i, j, node in slot if node != j]
+        if moves:
+            mi = torch.tensor([i for i, _, _ in moves], dtype=torch.int64, device=dev)
+            src = torch.tensor([n for _, _, n in moves], dtype=torch.int64, device=dev) + s[mi]
+            dst = torch.tensor([j for _, j, _ in moves], dtype=torch.int64, device=dev) + s[mi]
+            cache.move_tokens(rows[mi], src, dst)
+    cache.commit(rows, torch.tensor([a + 1 for a in acc_host], dtype=torch.int32, device=dev))
+    starts = _cumsum(num_host)                    # packed row of node n of request i: starts[i] + n
+    new_feats = vfeats.index_select(0, torch.tensor([starts[i] + node for i, _, node in slot],
+                                                    dtype=torch.int64, device=dev))
+    new_pos = s[row_i] + depth
     anchor = anchor.clone()
-    anchor[rows] = emitted.long().gather(1, acc[:, None])[:, 0]
-    host = torch.cat([acc[:, None], emitted.long()], dim=1).tolist()         # the step's one host sync
+    anchor[rows] = torch.tensor([h[1 + a] for h, a in zip(host, acc_host)], dtype=anchor.dtype, device=dev)
     for i, b in enumerate(active):
-        a = host[i][0]
+        a = acc_host[i]
         hist[a] += 1
         outs.emit(b, host[i][1:a + 2])
     if records is not None:
-        rec = {"requests": active, "draft": [r[1:n] for r, n in zip(tokens.tolist(), num.tolist())],
-               "accepted": [h[0] for h in host]}
+        rec = {"requests": active, "draft": [r[1:n] for r, n in zip(tokens.tolist(), num_host)],
+               "accepted": acc_host}
         if tree:
-            rec["parents"] = [r[1:n] for r, n in zip(parents.tolist(), num.tolist())]
+            rec["parents"] = [r[1:n] for r, n in zip(parents.tolist(), num_host)]
         records.append(rec)
     t3 = time.perf_counter()
     stats["draft_s"] += t1 - t0
     stats["verify_s"] += t2 - t1
     stats["bookkeeping_s"] += t3 - t2
-    return anchor, (new_feats, new_pos, req)
+    return anchor, (new_feats, new_pos, [active[i] for i, _, _ in slot])
+
+
+def _cumsum(counts):
+    out = [0]
+    for c in counts:
+        out.append(out[-1] + c)
+    return out
+
+
+def _cu(counts, device) -> torch.Tensor:
+    """``q_cu_lens`` of packed per-request counts (built on the host: no device sync)."""
+    return torch.tensor(_cumsum(counts), dtype=torch.int32, device=device)
 
 
 def _without_head(draft: DraftModel) -> DraftModel:
