@@ -5,11 +5,16 @@ memory error, a launch failure or a CPU/CUDA mismatch all show. Add one case per
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
-import domino_kernels as dk  # noqa: F401
+# Run as `python bench/gpu_smoke.py`: make the repository root importable (the in-place build of
+# domino_kernels, and tests.attention_cases).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import domino_kernels as dk  # noqa: E402,F401
 
 CASES = {}
 
@@ -28,6 +33,49 @@ def sample():
             torch.arange(4), torch.zeros(4, dtype=torch.int64))
     out = torch.ops.domino.sample(*[a.cuda() for a in args]).cpu()
     assert torch.equal(out, torch.ops.domino.sample(*args)), "sample: CUDA != CPU"
+
+
+@case
+def tree_attention():
+    from tests.attention_cases import make_case
+
+    for mode, prefix, new, dtype in [("tree", [37, 0, 5, 3000], [5, 3, 1, 16], torch.bfloat16),
+                                     ("causal", [0, 9], [70, 0], torch.float16),
+                                     ("full", [100], [16], torch.float32)]:
+        c = make_case(prefix, new, hq=8, hkv=2, d=128, page_size=16, dtype=dtype, seed=1,
+                      tree=(mode == "tree"))
+        g = c.to("cuda")
+        out, lse = dk.tree_attention(*g.args(), mode=mode, tree_mask=g.tree_mask, return_lse=True)
+        ref_out, ref_lse = dk.tree_attention(*c.args(), mode=mode, tree_mask=c.tree_mask,
+                                             return_lse=True)
+        assert torch.allclose(out.cpu().float(), ref_out.float(), atol=2e-2, rtol=2e-2), \
+            f"tree_attention ({mode}): CUDA != CPU"
+        assert torch.allclose(lse.cpu(), ref_lse, atol=1e-3), f"tree_attention ({mode}): lse"
+    # Bad device values (page ids past the cache, lengths past capacity): clamped, never read.
+    bt = g.block_table.clone()
+    bt[0, 0] = 1 << 30
+    kv = g.kv_lens.clone()
+    kv[0] = 1 << 30
+    dk.tree_attention(g.q, g.k_cache, g.v_cache, bt, kv, g.q_cu_lens, mode="full")
+
+
+@case
+def append_kv_and_tree_info():
+    from tests.attention_cases import make_case, random_parents
+
+    c = make_case([5, 0, 17], [3, 40, 0], hq=4, hkv=2, d=64, page_size=4, seed=2)
+    g = c.to("cuda")
+    kc, vc = torch.zeros_like(g.k_cache), torch.zeros_like(g.v_cache)
+    dk.append_kv(g.k_new, g.v_new, kc, vc, g.block_table, g.kv_lens, g.q_cu_lens)
+    kc_cpu, vc_cpu = torch.zeros_like(c.k_cache), torch.zeros_like(c.v_cache)
+    dk.append_kv(c.k_new, c.v_new, kc_cpu, vc_cpu, c.block_table, c.kv_lens, c.q_cu_lens)
+    assert torch.equal(kc.cpu(), kc_cpu) and torch.equal(vc.cpu(), vc_cpu), "append_kv: CUDA != CPU"
+    gen = torch.Generator().manual_seed(3)
+    parents = torch.stack([random_parents(70, gen) for _ in range(3)])
+    num, prefix = torch.tensor([70, 20, 0]), torch.tensor([1, 2, 3])
+    for a, b in zip(dk.tree_info(parents.cuda(), num.cuda(), prefix.cuda()),
+                    dk.tree_info(parents, num, prefix)):
+        assert torch.equal(a.cpu(), b), "tree_info: CUDA != CPU"
 
 
 def main(names) -> int:

@@ -1,4 +1,4 @@
 # Written by setup.py at build time.
-WITH_CUDA = False
-CUDA_ARCH_LIST = ''
-TORCH_VERSION = '2.13.0+cpu'
+WITH_CUDA = True
+CUDA_ARCH_LIST = '8.0;9.0a'
+TORCH_VERSION = '2.14.1+cu130'

@@ -8,6 +8,23 @@ TORCH_LIBRARY(domino, m) {
   m.def(
       "sample(Tensor logits, Tensor temperature, Tensor? top_k, Tensor? top_p, Tensor? min_p, "
       "Tensor seed, Tensor offset) -> Tensor");
+
+  // Attention over a paged KV cache (domino/attention.h). mask_mode: 0 causal, 1 tree (packed
+  // ancestor bits over the new tokens in tree_mask [total_q, W] int32), 2 full. Returns out
+  // [total_q, Hq, D] in q's dtype and lse [total_q, Hq] fp32 (a [0] tensor unless return_lse).
+  m.def(
+      "tree_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
+      "Tensor kv_lens, Tensor q_cu_lens, Tensor? tree_mask, int mask_mode, float scale, "
+      "bool return_lse) -> (Tensor out, Tensor lse)");
+  // Writes k/v [total_q, Hkv, D] of the new tokens at positions kv_lens[b] + i of the paged cache.
+  m.def(
+      "append_kv(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor block_table, "
+      "Tensor kv_lens, Tensor q_cu_lens) -> ()");
+  // Parent array [B, T] int64 -> ancestor-or-self mask [B, T, ceil(T/32)] int32, depth [B, T]
+  // int32, positions [B, T] int64 (= prefix_len + depth).
+  m.def(
+      "tree_info(Tensor parents, Tensor num_nodes, Tensor prefix_lens) -> "
+      "(Tensor mask, Tensor depth, Tensor positions)");
 }
 
 // A minimal Python module so that `import domino_kernels._C` loads the library (which runs the

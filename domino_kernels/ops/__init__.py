@@ -1,5 +1,6 @@
 """Typed wrappers and fake (meta) implementations of every torch.ops.domino op, one module per
 kernel family."""
+from .attention import append_kv, tree_attention, tree_info
 from .sampling import sample
 
-__all__ = ["sample"]
+__all__ = ["sample", "tree_attention", "append_kv", "tree_info"]
