@@ -1,7 +1,8 @@
 """The kernel entry points the model layer calls, in one place.
 
-Each name resolves to the ``domino_kernels.ops`` wrapper when ``torch.ops.domino.<op>`` is
-registered by the compiled extension. Until a kernel family has landed, a plain-PyTorch stand-in
+Each name is the ``domino_kernels.ops`` wrapper of ``torch.ops.domino.<op>`` (attention:
+``append_kv``, ``tree_attention``, ``tree_info``; ``sample``). Until a kernel family has landed
+(verification, rollout), a plain-PyTorch stand-in
 with the same signature and semantics (written below, vectorised over the batch where it is cheap
 to do so) keeps the decode loop runnable. The stand-ins are temporary: once every op has landed
 they are deleted and the ops do the work.
@@ -14,7 +15,7 @@ Layout conventions shared by every op (see docs/decode.md):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,96 +46,12 @@ def map_head(fn, head):
 
 
 # ----------------------------------------------------------------------------------------------
-# paged KV cache: append and attention
-# ----------------------------------------------------------------------------------------------
-
-def _token_slots(block_table, kv_lens, q_cu_lens, page_size):
-    """(request, page, slot) of every new token: token i of request b sits at kv_lens[b] + i."""
-    total = int(q_cu_lens[-1])
-    counts = (q_cu_lens[1:] - q_cu_lens[:-1]).long()
-    req = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
-    idx = torch.arange(total, device=counts.device) - q_cu_lens[:-1].long()[req]
-    pos = kv_lens.long()[req] + idx
-    page = block_table.long()[req, pos // page_size]
-    return req, page, pos % page_size
-
-
-def _append_kv_standin(k, v, k_cache, v_cache, block_table, kv_lens, q_cu_lens):
-    _, page, slot = _token_slots(block_table, kv_lens, q_cu_lens, k_cache.shape[1])
-    k_cache[page, slot] = k.to(k_cache.dtype)
-    v_cache[page, slot] = v.to(v_cache.dtype)
-
-
-def _tree_attention_standin(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens, *, mode="causal",
-                            tree_mask=None, scale=None, return_lse=False):
-    """Padded over the batch: queries to [B, Qmax], each request's keys gathered to [B, L], masked."""
-    if mode not in ("causal", "tree", "full"):
-        raise ValueError(f"argument 'mode' must be causal, tree or full, got {mode!r}")
-    total_q, hq, d = q.shape
-    hkv, ps = k_cache.shape[2], k_cache.shape[1]
-    grp = hq // hkv
-    dev = q.device
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    counts = (q_cu_lens[1:] - q_cu_lens[:-1]).long()
-    b = counts.numel()
-    req, _, _ = _token_slots(block_table, kv_lens, q_cu_lens, ps)
-    qi = torch.arange(total_q, device=dev) - q_cu_lens[:-1].long()[req]   # index among new tokens
-    prefix = kv_lens.long()
-    total_kv = prefix + counts
-    length, qmax = int(total_kv.max()), int(counts.max())
-    j = torch.arange(length, device=dev)
-    pages = block_table.long()[:, (j // ps).clamp(max=block_table.shape[1] - 1)]      # [B, L]
-    kk = k_cache[pages, j % ps].float()                                            # [B, L, Hkv, D]
-    vv = v_cache[pages, j % ps].float()
-    qp = q.new_zeros((b, qmax, hq, d), dtype=torch.float32)
-    qp[req, qi] = q.float()
-    s = torch.einsum("bqkgd,blkd->bkgql", qp.view(b, qmax, hkv, grp, d), kk) * scale
-    col = j[None, None, :] - prefix[:, None, None]                                 # key's new-token index
-    row = torch.arange(qmax, device=dev)[None, :, None]
-    visible = (j[None, None, :] < total_kv[:, None, None]).expand(b, qmax, length)
-    if mode == "causal":
-        visible = visible & (col <= row)
-    elif mode == "tree":
-        tm = tree_mask.new_zeros((b, qmax, tree_mask.shape[1]))
-        tm[req, qi] = tree_mask
-        c = col.clamp(min=0).expand(b, qmax, length)
-        words = tm.long().gather(2, (c // 32).clamp(max=tm.shape[2] - 1))
-        visible = visible & ((col < 0) | (((words >> (c % 32)) & 1) == 1))
-    s = s.masked_fill(~visible[:, None, None], float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)                                               # [B, Hkv, G, Qmax]
-    o = torch.einsum("bkgql,blkd->bqkgd", torch.exp(s - lse[..., None]), vv).reshape(b, qmax, hq, d)
-    out = o[req, qi].to(q.dtype)
-    if return_lse:
-        return out, lse.reshape(b, hq, qmax).transpose(1, 2)[req, qi]
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # trees and verification
 # ----------------------------------------------------------------------------------------------
 
 def _chain_parents_standin(batch, T, device):
     p = torch.arange(-1, T - 1, dtype=torch.int64, device=device)
     return p.expand(batch, T).contiguous()
-
-
-def _tree_info_standin(parents, num_nodes=None, prefix_lens=None):
-    b, t = parents.shape
-    dev = parents.device
-    w = (t + 31) // 32
-    par = parents.long()
-    anc = torch.zeros(b, t, w, dtype=torch.int64, device=dev)
-    depth = torch.zeros(b, t, dtype=torch.int64, device=dev)
-    rows = torch.arange(b, device=dev)
-    for i in range(t):
-        p = par[:, i].clamp(min=0)
-        has_parent = par[:, i] >= 0
-        anc[:, i] = torch.where(has_parent[:, None], anc[rows, p], torch.zeros_like(anc[:, 0]))
-        anc[:, i, i // 32] |= 1 << (i % 32)
-        depth[:, i] = torch.where(has_parent, depth[rows, p] + 1, torch.zeros_like(depth[:, i]))
-    anc = torch.where(anc >= 2**31, anc - 2**32, anc).to(torch.int32)
-    base = torch.zeros(b, dtype=torch.int64, device=dev) if prefix_lens is None else prefix_lens.long()
-    return anc, depth.to(torch.int32), base[:, None] + depth
 
 
 def _verify_standin(draft_tokens, parents, logits, *, num_nodes=None, rule="greedy", temperature=0.0,
@@ -271,9 +188,9 @@ def _tree_rollout_standin(hidden, base_logits, anchor, head, embedding, *, topk,
 # dispatch: the op when it is registered, else the stand-in
 # ----------------------------------------------------------------------------------------------
 
-append_kv = _ops.append_kv if _have("append_kv") else _append_kv_standin
-tree_attention = _ops.tree_attention if _have("tree_attention") else _tree_attention_standin
-tree_info = _ops.tree_info if _have("tree_info") else _tree_info_standin
+append_kv = _ops.append_kv
+tree_attention = _ops.tree_attention
+tree_info = _ops.tree_info
 verify = _ops.verify if _have("verify") else _verify_standin
 chain_parents = getattr(_ops, "chain_parents", _chain_parents_standin)
 domino_rollout = _ops.domino_rollout if _have("domino_rollout") else _rollout_standin
@@ -283,5 +200,5 @@ sample = _ops.sample
 
 def active_backends() -> dict:
     """Which entry points run a compiled op and which a stand-in (shown by the CLI's --json stats)."""
-    names = ["append_kv", "tree_attention", "tree_info", "verify", "domino_rollout", "domino_tree_rollout"]
+    names = ["verify", "domino_rollout", "domino_tree_rollout"]
     return {n: ("op" if _have(n) else "standin") for n in names}
