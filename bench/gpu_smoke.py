@@ -78,6 +78,32 @@ def append_kv_and_tree_info():
         assert torch.equal(a.cpu(), b), "tree_info: CUDA != CPU"
 
 
+@case
+def verify():
+    from domino_kernels import reference
+
+    g = torch.Generator().manual_seed(1)
+    B, T, V = 6, 8, 3000
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    parents = torch.zeros(B, T, dtype=torch.int64)
+    for i in range(1, T):
+        parents[:, i] = torch.randint(0, i, (B,), generator=g)
+    tokens[4, 3] = 10**9  # a bad id read from device memory: request 4 must come back invalid
+    logits = torch.randn(B, T, V, generator=g).to(torch.bfloat16)
+    q = torch.softmax(torch.randn(B, T, V, generator=g), -1)
+    for rule in range(4):
+        args = (tokens, parents, torch.full((B,), T), logits,
+                torch.tensor([0.0, 0.7, 1.0, 1.3, 1.0, 0.9]), torch.tensor([0, 10, 0, 50, 0, 5]),
+                torch.tensor([1.0, 0.9, 0.5, 1.0, 1.0, 0.8]), q if rule >= 2 else None, None,
+                torch.arange(B), torch.zeros(B, dtype=torch.int64), rule)
+        out = torch.ops.domino.verify(*[a.cuda() if isinstance(a, torch.Tensor) else a
+                                        for a in args])
+        assert out[0][4].item() == -1, "verify: bad token id not flagged on CUDA"
+        ref = reference.verify(*args)
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(out, ref)), \
+            f"verify rule {rule}: CUDA != reference"
+
+
 def main(names) -> int:
     failed = []
     for name in names or CASES:

@@ -25,6 +25,15 @@ TORCH_LIBRARY(domino, m) {
   m.def(
       "tree_info(Tensor parents, Tensor num_nodes, Tensor prefix_lens) -> "
       "(Tensor mask, Tensor depth, Tensor positions)");
+
+  // Verification (domino/verify.h): chain and tree, greedy and lossless stochastic rules.
+  // rule: 0 greedy, 1 target-only, 2 rejection (children i.i.d.), 3 rejection (children without
+  // replacement). Returns accept_len [B], accept_path [B,T], emitted [B,T] (int64, -1 padded).
+  m.def(
+      "verify(Tensor draft_tokens, Tensor parents, Tensor num_nodes, Tensor logits, "
+      "Tensor temperature, Tensor? top_k, Tensor? top_p, Tensor? draft_probs, "
+      "Tensor? draft_token_probs, Tensor seed, Tensor offset, int rule) "
+      "-> (Tensor accept_len, Tensor accept_path, Tensor emitted)");
 }
 
 // A minimal Python module so that `import domino_kernels._C` loads the library (which runs the

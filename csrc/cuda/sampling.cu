@@ -1,8 +1,9 @@
 // CUDA implementation of domino::sampling (semantics in domino/sampling.h).
 //
 // One thread block per row. Passes over the row (L2-resident after the first): validity + max,
-// then a 4-digit radix select for top-k (counts) and for top-p (fixed-point masses, integer
-// atomics: exact and order independent), then the inverse-CDF draw: every thread sums the kept
+// then the block row filter shared with domino::verify (row_filter.cuh: a 4-digit radix select
+// for top-k (counts) and for top-p (fixed-point masses, integer atomics: exact and order
+// independent)), then the inverse-CDF draw: every thread sums the kept
 // mass of its own contiguous slice, an exclusive block scan (integers: exact) locates the slice
 // holding the drawn rank, and that one thread walks its slice. No sort, no host sync, no
 // workspace: the op is CUDA-graph safe. Per-element math goes through domino::det and the shared
@@ -11,6 +12,7 @@
 
 #include "domino/cuda_utils.cuh"
 #include "domino/sampling.h"
+#include "row_filter.cuh"
 
 namespace domino {
 namespace sampling {
@@ -18,10 +20,7 @@ namespace {
 
 constexpr int kThreads = 512;
 
-template <typename T>
-__device__ __forceinline__ float scaled_logit(const T* row, int64_t v, float inv_temperature) {
-  return det::mul(to_float(row[v]), inv_temperature);
-}
+using cuda::scaled_logit;
 
 // Fixed-point mass of element v in the kept set (0 outside it); the CPU computes the same.
 template <typename T>
@@ -33,66 +32,12 @@ __device__ __forceinline__ uint64_t kept_mass(const T* row, int64_t v, const Row
   return e < rp.min_p ? 0 : det::fixed_mass(e);
 }
 
-// MSB-first radix select of the k-th largest ordered key of the scaled row.
-template <typename T>
-__device__ uint32_t block_kth_largest_key(const T* row, int64_t n, float inv_temperature, uint32_t k,
-                                          uint32_t* hist, uint32_t* shared_word) {
-  uint32_t prefix = 0, mask = 0, remaining = k;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const uint32_t key = det::ordered_key(scaled_logit(row, v, inv_temperature));
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) *shared_word = uint32_t(select_bucket_by_count(hist, remaining));
-    __syncthreads();
-    prefix |= *shared_word << shift;
-    mask |= 255u << shift;
-    __syncthreads();
-    // `remaining` is only meaningful in thread 0, which is the only one that reads it.
-  }
-  return prefix;
-}
-
-template <typename T>
-__device__ uint32_t block_top_p_key(const T* row, int64_t n, float inv_temperature, float m,
-                                    uint32_t floor_key, double target,
-                                    unsigned long long* hist, uint32_t* shared_word) {
-  uint32_t prefix = 0, mask = 0;
-  uint64_t above = 0;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const float s = scaled_logit(row, v, inv_temperature);
-      const uint32_t key = det::ordered_key(s);
-      if (key >= floor_key && (key & mask) == prefix) {
-        const uint64_t w = det::fixed_mass(det::exp(det::sub(s, m)));
-        if (w) atomicAdd(&hist[(key >> shift) & 255u], (unsigned long long)w);
-      }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0)
-      *shared_word = uint32_t(
-          select_bucket_by_mass(reinterpret_cast<const uint64_t*>(hist), above, target));
-    __syncthreads();
-    prefix |= *shared_word << shift;
-    mask |= 255u << shift;
-    __syncthreads();
-  }
-  return prefix;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   __shared__ cuda::ArgMax red_argmax[32];
   __shared__ uint32_t red_u32[32];
   __shared__ unsigned long long red_u64[32];
-  __shared__ uint32_t hist32[256];
-  __shared__ unsigned long long hist64[256];
-  __shared__ uint32_t shared_word;
+  __shared__ cuda::FilterSmem filter_smem;
 
   const int64_t b = blockIdx.x;
   const RowParams rp = row_params(p, b);
@@ -135,21 +80,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
     return;
   }
 
-  uint32_t floor_key = 0;
-  if (rp.top_k > 0)
-    floor_key = block_kth_largest_key(row, n, rp.inv_temperature, uint32_t(rp.top_k), hist32,
-                                      &shared_word);
-  if (rp.top_p < 1.0f) {
-    unsigned long long total = 0;
-    for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const float s = scaled_logit(row, v, rp.inv_temperature);
-      if (det::ordered_key(s) >= floor_key) total += det::fixed_mass(det::exp(det::sub(s, m)));
-    }
-    total = cuda::block_sum(total, red_u64);
-    const uint32_t pk = block_top_p_key(row, n, rp.inv_temperature, m, floor_key,
-                                        double(rp.top_p) * double(total), hist64, &shared_word);
-    if (pk > floor_key) floor_key = pk;
-  }
+  const uint32_t floor_key =
+      cuda::block_filter_floor(row, n, rp.inv_temperature, m, rp.top_k, rp.top_p, filter_smem);
 
   // Inverse CDF: thread t owns the contiguous slice [t*chunk, (t+1)*chunk).
   const int64_t chunk = (n + blockDim.x - 1) / blockDim.x;
@@ -178,7 +110,8 @@ int sample_cuda(const SampleParams& p, void* stream) {
   cudaError_t err = cudaSuccess;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    sample_kernel<T><<<dim3(unsigned(p.batch)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+    sample_kernel<T>
+        <<<dim3(unsigned(p.batch)), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
     err = cudaGetLastError();
   });
   return int(err);

@@ -2,5 +2,6 @@
 kernel family."""
 from .attention import append_kv, tree_attention, tree_info
 from .sampling import sample
+from .verify import chain_parents, verify
 
-__all__ = ["sample", "tree_attention", "append_kv", "tree_info"]
+__all__ = ["sample", "tree_attention", "append_kv", "tree_info", "verify", "chain_parents"]

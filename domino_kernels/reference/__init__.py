@@ -8,6 +8,7 @@ token for token under the same seeds.
 from .numerics import det_exp, det_log
 from .philox import philox4x32_10, uniforms
 from .sampling import sample
+from .verify import verify
 from . import attention
 
-__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "attention"]
+__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "attention", "verify"]
