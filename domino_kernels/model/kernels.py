@@ -1,8 +1,8 @@
 """The kernel entry points the model layer calls, in one place.
 
 Each name is the ``domino_kernels.ops`` wrapper of ``torch.ops.domino.<op>`` (attention:
-``append_kv``, ``tree_attention``, ``tree_info``; ``sample``). Until a kernel family has landed
-(verification, rollout), a plain-PyTorch stand-in
+``append_kv``, ``tree_attention``, ``tree_info``; ``verify``, ``chain_parents``; ``sample``). Until
+the rollout family has landed, a plain-PyTorch stand-in
 with the same signature and semantics (written below, vectorised over the batch where it is cheap
 to do so) keeps the decode loop runnable. The stand-ins are temporary: once every op has landed
 they are deleted and the ops do the work.
@@ -43,61 +43,6 @@ HEAD_FIELDS = ("w_ih", "w_hh", "w1", "w2")
 def map_head(fn, head):
     """``head`` with ``fn`` applied to each of its four weights."""
     return DominoHeadWeights(**{k: fn(getattr(head, k)) for k in HEAD_FIELDS})
-
-
-# ----------------------------------------------------------------------------------------------
-# trees and verification
-# ----------------------------------------------------------------------------------------------
-
-def _chain_parents_standin(batch, T, device):
-    p = torch.arange(-1, T - 1, dtype=torch.int64, device=device)
-    return p.expand(batch, T).contiguous()
-
-
-def _verify_standin(draft_tokens, parents, logits, *, num_nodes=None, rule="greedy", temperature=0.0,
-                    top_k=None, top_p=None, draft_probs=None, draft_token_probs=None, seed=None,
-                    offset=None):
-    """Sample-and-match over a chain or tree: t_i = target token at node i (argmax, or a sample of
-    the filtered target distribution); walk from the root to the child whose token equals t."""
-    if rule not in ("greedy", "target_only"):
-        raise NotImplementedError(f"the stand-in verify implements greedy and target_only, not {rule}")
-    b, t, v = logits.shape
-    dev = logits.device
-    flat = logits.reshape(b * t, v)
-    if rule == "greedy":
-        target = flat.argmax(-1)
-    else:
-        rep = lambda x: x if not isinstance(x, torch.Tensor) else x.reshape(-1).repeat_interleave(t)  # noqa: E731
-        seeds = torch.zeros(b, dtype=torch.int64) if seed is None else seed
-        offs = torch.zeros(b, dtype=torch.int64) if offset is None else offset
-        node = torch.arange(t, device=dev).repeat(b)
-        target = _ops.sample(flat, rep(temperature), rep(top_k), rep(top_p), None, rep(seeds),
-                             rep(offs).to(dev) * t + node)
-    target = target.view(b, t)
-    n = torch.full((b,), t, device=dev, dtype=torch.int64) if num_nodes is None else num_nodes.long()
-    par = parents.long()
-    valid = torch.arange(t, device=dev)[None, :] < n[:, None]
-    rows = torch.arange(b, device=dev)
-    cur = torch.zeros(b, dtype=torch.int64, device=dev)
-    alive = torch.ones(b, dtype=torch.bool, device=dev)
-    path = torch.full((b, t), -1, dtype=torch.int64, device=dev)
-    emitted = torch.full((b, t), -1, dtype=torch.int64, device=dev)
-    path[:, 0] = 0
-    acc = torch.zeros(b, dtype=torch.int64, device=dev)
-    for depth in range(1, t):
-        want = target[rows, cur]
-        match = (par == cur[:, None]) & (draft_tokens.long() == want[:, None]) & valid
-        found = match.any(-1) & alive
-        child = match.int().argmax(-1)  # first matching child
-        emitted[rows[found], depth - 1] = want[found]
-        path[rows[found], depth] = child[found]
-        cur = torch.where(found, child, cur)
-        acc += found.long()
-        alive &= found
-        if not bool(alive.any()):
-            break
-    emitted[rows, acc] = target[rows, cur]
-    return acc, path, emitted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +136,8 @@ def _tree_rollout_standin(hidden, base_logits, anchor, head, embedding, *, topk,
 append_kv = _ops.append_kv
 tree_attention = _ops.tree_attention
 tree_info = _ops.tree_info
-verify = _ops.verify if _have("verify") else _verify_standin
-chain_parents = getattr(_ops, "chain_parents", _chain_parents_standin)
+verify = _ops.verify
+chain_parents = _ops.chain_parents
 domino_rollout = _ops.domino_rollout if _have("domino_rollout") else _rollout_standin
 domino_tree_rollout = _ops.domino_tree_rollout if _have("domino_tree_rollout") else _tree_rollout_standin
 sample = _ops.sample
@@ -200,5 +145,5 @@ sample = _ops.sample
 
 def active_backends() -> dict:
     """Which entry points run a compiled op and which a stand-in (shown by the CLI's --json stats)."""
-    names = ["verify", "domino_rollout", "domino_tree_rollout"]
+    names = ["domino_rollout", "domino_tree_rollout"]
     return {n: ("op" if _have(n) else "standin") for n in names}
