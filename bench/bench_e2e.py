@@ -26,7 +26,6 @@ import torch
 
 from bench.harness import print_table, time_fn, write_results
 from domino_kernels.generate import generate
-from domino_kernels.model import kernels
 from domino_kernels.model.synthetic import draft_config, qwen3_config, random_pair
 
 
@@ -88,7 +87,7 @@ def cpu_rows(args, dev):
                          "bookkeeping_pct": 100 * st["bookkeeping_s"] / busy,
                          "lossless": res.tokens == base.tokens})
     return rows, {"target": cfg, "draft_layers": 2, "max_new_tokens": args.max_new_tokens,
-                  "threads": torch.get_num_threads(), "kernels": kernels.active_backends()}
+                  "threads": torch.get_num_threads()}
 
 
 def gpu_shape_rows(args, dev):
@@ -148,7 +147,6 @@ def gpu_shape_rows(args, dev):
                          "draft_us": t["draft"], "tau": tau,
                          "implied_speedup": tau * t["decode"] / (t["draft"] + t["verify16"])})
     return rows, {"shapes": "Qwen3-8B target, Domino-b16 draft (random bf16 weights)",
-                  "kernels": kernels.active_backends(),
                   "tau_sources": "spec §9: 4.03 DFlash / 4.70 Domino (Fig. 1, Qwen3-8B), 6.35 DFlash GSM8K SGLang"}
 
 

@@ -12,8 +12,7 @@ One decode step for the active requests (``rows``):
      next anchor.
 Host syncs per step: one transfer of (accept_len, emitted, accept_path), from which the output
 lists, the stop check and the step's packing indices are built on the host; trees add one read of
-their sizes; on CUDA, timing adds a sync between draft and verify (plus whatever a stand-in kernel
-does, see model/kernels.py).
+their sizes; on CUDA, timing adds a sync between draft and verify. The ops themselves never sync.
 """
 from __future__ import annotations
 
@@ -302,5 +301,4 @@ def _finish(outs: _Outputs, stats: dict, records, total_s: float) -> GenerateRes
     decode_s = total_s - stats["prefill_s"]
     stats["tokens_per_s"] = new / total_s if total_s > 0 else 0.0
     stats["decode_tokens_per_s"] = (new - stats["requests"]) / decode_s if decode_s > 0 else 0.0
-    stats["kernels"] = kernels.active_backends()
     return GenerateResult(outs.tokens, stats, records)
