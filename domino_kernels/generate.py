@@ -99,6 +99,9 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     prompts = _check_prompts(prompts, target, max_new_tokens)
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+    if tree_topk < 0 or tree_budget < 0 or (tree_topk > 0) != (tree_budget > 0):
+        raise ValueError(f"tree drafting needs both 'tree_topk' and 'tree_budget' > 0 (chain: both 0), "
+                         f"got tree_topk={tree_topk}, tree_budget={tree_budget}")
     dev = target.device
     bsz = len(prompts)
     stop = set() if ignore_eos else set(target.cfg.eos_token_ids if stop_ids is None else stop_ids)

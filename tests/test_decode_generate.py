@@ -178,6 +178,10 @@ def test_bad_input(pair):
         generate(target, [[1]], draft=domino, num_proposals=17)
     with pytest.raises(ValueError, match="'prompts' is empty"):
         generate(target, [])
+    with pytest.raises(ValueError, match="needs both 'tree_topk' and 'tree_budget'"):
+        generate(target, [[1]], draft=domino, tree_topk=2)
+    with pytest.raises(ValueError, match="need temperature >= 0"):
+        generate(target, [[1]], temperature=-1.0)
     out = generate(target, [[1, 2, 3]], draft=domino, max_new_tokens=0)
     assert out.tokens == [[]] and out.stats["new_tokens"] == 0
 
