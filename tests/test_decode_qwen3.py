@@ -116,3 +116,22 @@ def test_half_precision_checkpoints_load_and_run_close_to_fp32(tmp_path, dtype):
     with torch.no_grad():
         ref = hf.to(dtype)(torch.tensor([ids])).logits[0].float()
     assert (logits - ref).abs().max() <= 2e-2
+
+
+def test_paged_cache_move_tokens_compacts_an_accepted_tree_path():
+    from domino_kernels.model.qwen3 import PagedKVCache
+
+    cache = PagedKVCache(num_layers=2, batch=2, capacity=12, num_kv_heads=1, head_dim=2,
+                         dtype=torch.float32, device="cpu", page_size=4)
+    cache.block_table = cache.block_table.flip(0).contiguous()  # request 0 owns the last pages
+    for b in range(2):
+        for pos in range(12):
+            page = int(cache.block_table[b, pos // 4])
+            cache.k[:, page, pos % 4] = 100 * b + pos
+            cache.v[:, page, pos % 4] = -(100 * b + pos)
+    # request 1: prefix 3, accepted tree nodes [0, 2, 5] -> slots 3+[0, 2, 5] move to 3+[0, 1, 2]
+    cache.move_tokens(torch.tensor([1, 1]), torch.tensor([5, 8]), torch.tensor([4, 5]))
+    got = [float(cache.k[1, int(cache.block_table[1, p // 4]), p % 4, 0, 0]) for p in range(3, 6)]
+    assert got == [103.0, 105.0, 108.0]
+    assert float(cache.v[0, int(cache.block_table[1, 1]), 1, 0, 0]) == -105.0
+    assert float(cache.k[0, int(cache.block_table[0, 1]), 0, 0, 0]) == 4.0  # request 0 untouched
