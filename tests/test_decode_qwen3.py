@@ -133,5 +133,5 @@ def test_paged_cache_move_tokens_compacts_an_accepted_tree_path():
     cache.move_tokens(torch.tensor([1, 1]), torch.tensor([5, 8]), torch.tensor([4, 5]))
     got = [float(cache.k[1, int(cache.block_table[1, p // 4]), p % 4, 0, 0]) for p in range(3, 6)]
     assert got == [103.0, 105.0, 108.0]
-    assert float(cache.v[0, int(cache.block_table[1, 1]), 1, 0, 0]) == -105.0
+    assert float(cache.v[0, int(cache.block_table[1, 1]), 0, 0, 0]) == -105.0  # position 4
     assert float(cache.k[0, int(cache.block_table[0, 1]), 0, 0, 0]) == 4.0  # request 0 untouched
