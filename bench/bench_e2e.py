@@ -99,6 +99,7 @@ def gpu_shape_rows(args, dev):
     target, draft = random_pair(cfg, dcfg, device=dev, dtype=torch.bfloat16)
     print(f"random Qwen3-8B-shaped target + Domino-b16-shaped draft built in {time.perf_counter() - t0:.1f} s")
     target.capture_layers = list(draft.cfg.target_layer_ids)
+    draft.use_gru_table(target)  # what generate() does on a GPU
     rows = []
     for batch in (1, 4):
         ctx = args.context

@@ -119,6 +119,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
         if not 1 <= n_prop <= draft.max_proposals():
             raise ValueError(f"argument 'num_proposals' must be in [1, {draft.max_proposals()}], got {n_prop}")
         width = 1 + (tree_budget if tree else n_prop)
+        if dev.type == "cuda":
+            draft.use_gru_table(target)  # built once per draft, kept for later calls
         stats["mode"] = ("tree" if tree else "chain") + (" domino" if head is not None else " dflash")
     else:
         width = 1
@@ -293,7 +295,7 @@ def _without_head(draft: DraftModel) -> DraftModel:
     import copy
 
     plain = copy.copy(draft)
-    plain.head = None
+    plain.head, plain.gru_table = None, None
     return plain
 
 

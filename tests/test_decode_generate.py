@@ -112,6 +112,20 @@ def test_greedy_speculative_equals_target_only(pair, batch, n_prop):
         assert all(len(t) == 24 for t in out.tokens)
 
 
+def test_gru_table_path_stays_lossless(tmp_path, pair):
+    _, target, _, _ = pair
+    draft = load_draft(str(make_draft(tmp_path, 32) and tmp_path), target)
+    prompts = _prompts(31, [5, 2])
+    ref = generate(target, prompts, max_new_tokens=16).tokens
+    plain = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True)
+    draft.use_gru_table(target)
+    assert draft.gru_table.shape == (V, 3 * 24)
+    table = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True)
+    assert table.tokens == plain.tokens == ref
+    assert generate(target, prompts, draft=draft, max_new_tokens=16, tree_topk=2, tree_budget=6).tokens == ref
+    assert [r["draft"] for r in table.trace] == [r["draft"] for r in plain.trace]  # fp32: same drafts
+
+
 def test_greedy_tree_equals_target_only(pair):
     _, target, domino, dflash = pair
     prompts = _prompts(7, [4, 9, 2])

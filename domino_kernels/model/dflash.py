@@ -31,6 +31,7 @@ class DraftModel:
     layers: list
     norm: torch.Tensor
     head: Optional[DominoHeadWeights]
+    gru_table: Optional[torch.Tensor] = None   # [V, 3G] = embed @ w_ih^T, see use_gru_table
 
     def __post_init__(self):
         c = self.cfg.layers
@@ -77,6 +78,13 @@ class DraftModel:
             x = x + layer_mlp(layer, rms_norm(x, layer.post_norm, c.rms_norm_eps))
         return rms_norm(x, self.norm, c.rms_norm_eps).view(b, bs, -1)
 
+    def use_gru_table(self, target: Qwen3) -> None:
+        """Precompute the GRU input table (``[V, 3G]``, 0.93 GB in bf16 for Qwen3-8B): each rollout
+        step then gathers a row instead of streaming ``w_ih`` (about 1.3x faster rollout on a GPU).
+        Rounding of the table may change a draft token at a near tie; never the output."""
+        if self.head is not None and self.gru_table is None:
+            self.gru_table = kernels.build_gru_table(target.embed, self.head.w_ih)
+
     def proposal_hidden(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """The hidden that predicts proposal i = 1..n: slot i-1 with shift_label, else slot i (§3.2)."""
         return z[:, :n] if self.cfg.shift_label else z[:, 1:n + 1]
@@ -91,7 +99,8 @@ class DraftModel:
             return base.argmax(-1)
         tokens, _, _ = kernels.domino_rollout(
             z, base, anchor, self.head, target.embed, num_proposals=n,
-            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len)
+            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
+            gru_table=self.gru_table)
         return tokens
 
     def propose_tree(self, z, anchor, target: Qwen3, topk: int, budget: int):
@@ -103,7 +112,8 @@ class DraftModel:
         head = self.head if self.head is not None else self._zero_head(target)
         tokens, parents, _, num = kernels.domino_tree_rollout(
             z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
-            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len)
+            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
+            gru_table=self.gru_table if self.head is not None else None)
         return tokens, parents, num
 
     def _zero_head(self, target: Qwen3):

@@ -9,8 +9,9 @@ Layout conventions shared by every op (see docs/decode.md and each family's doc)
 """
 from __future__ import annotations
 
-from domino_kernels.ops import (DominoHeadWeights, append_kv, chain_parents, domino_rollout,  # noqa: F401
-                                domino_tree_rollout, sample, tree_attention, tree_info, verify)
+from domino_kernels.ops import (DominoHeadWeights, append_kv, build_gru_table, chain_parents,  # noqa: F401
+                                domino_rollout, domino_tree_rollout, sample, tree_attention, tree_info,
+                                verify)
 
 HEAD_FIELDS = ("w_ih", "w_hh", "w1", "w2")
 
