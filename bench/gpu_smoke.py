@@ -104,6 +104,36 @@ def verify():
             f"verify rule {rule}: CUDA != reference"
 
 
+@case
+def domino_rollout():
+    from tests.test_rollout import make_head
+
+    cpu = make_head(B=5, S=16, H=64, G=32, E=32, V=1500, seed=40, dtype=torch.bfloat16)
+    head, emb, hidden, base, anchor = cpu
+    ghead = dk.DominoHeadWeights(*(t.cuda() for t in head.tensors()))
+    g = (ghead, emb.cuda(), hidden.cuda(), base.cuda(), anchor.cuda())
+    temp = torch.tensor([0.0, 0.8, 1.0, 0.0, 1.5])
+    s = dict(temperature=temp, seed=torch.arange(5), offset=2)
+    sg = dict(temperature=temp.cuda(), seed=torch.arange(5).cuda(), offset=2)
+    c = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=12, return_q_rows=True, **s)
+    o = dk.domino_rollout(g[2], g[3], g[4], g[0], g[1], num_proposals=12, return_q_rows=True, **sg)
+    assert torch.equal(o[0].cpu(), c[0]), "domino_rollout: CUDA != CPU tokens"
+    assert torch.allclose(o[2].cpu(), c[2], atol=1e-4), "domino_rollout: q_rows"
+    c = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=12, candidates=40)
+    o = dk.domino_rollout(g[2], g[3], g[4], g[0], g[1], num_proposals=12, candidates=40)
+    assert torch.equal(o[0].cpu(), c[0]), "domino_rollout (shortlist): CUDA != CPU"
+    kw = dict(topk=3, depth=5, budget=30)
+    ct = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
+    gt = dk.domino_tree_rollout(g[2], g[3], g[4], g[0], g[1], **kw)
+    for a, b in zip(gt, ct):
+        assert torch.allclose(a.cpu(), b, atol=1e-4) if a.is_floating_point() else torch.equal(a.cpu(), b), \
+            "domino_tree_rollout: CUDA != CPU"
+    dk.domino_tree_rollout(g[2], g[3], g[4], g[0], g[1], gru_table=dk.build_gru_table(g[1], ghead.w_ih), **kw)
+    # Bad device values: anchors outside [0, V) feed a zero GRU input, never an out-of-bounds read.
+    dk.domino_rollout(g[2], g[3], torch.tensor([-5, 1 << 40, 3, 0, 1499], device="cuda"), g[0], g[1],
+                      num_proposals=12)
+
+
 def main(names) -> int:
     failed = []
     for name in names or CASES:

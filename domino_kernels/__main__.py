@@ -1,41 +1,182 @@
 """``python -m domino_kernels <command>``.
 
 Commands:
-  demo   a small demonstration of the kernels on random logits (the decode-loop demo replaces it
-         once the model layer lands)
+  generate  decode with a Qwen3 checkpoint, speculatively with a DFlash/Domino draft checkpoint
+  demo      the same decode on the embedded default pair (until the project's trained pair exists:
+            a tiny random target + Domino draft created deterministically under --cache-dir),
+            speculative and target-only, with the summary
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 
 
-def demo(args) -> int:
+def _load(args):
     import torch
 
-    import domino_kernels as dk
+    from .model.config import parse_dtype
+    from .model.dflash import load_draft
+    from .model.qwen3 import load_qwen3
 
-    torch.manual_seed(args.seed)
-    logits = torch.randn(args.batch, args.vocab) * 3
-    t0 = time.perf_counter()
-    tokens = dk.sample(logits, temperature=0.8, top_k=50, top_p=0.9, seed=args.seed, offset=0)
-    dt = time.perf_counter() - t0
-    greedy = dk.sample(logits, temperature=0.0, seed=0)
-    print(f"sampled {args.batch} tokens over V={args.vocab} (T=0.8, top-k 50, top-p 0.9) "
-          f"in {dt * 1e3:.2f} ms: {tokens.tolist()}")
-    print(f"greedy tokens: {greedy.tolist()} (argmax check: {torch.equal(greedy, logits.argmax(-1))})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is available")
+    dtype = parse_dtype(args.dtype) if args.dtype else None
+    target = load_qwen3(args.target, dtype=dtype, device=args.device)
+    draft = None if args.no_draft else load_draft(args.draft, target)
+    return target, draft
+
+
+def _prompt_ids(args, tok) -> list[int]:
+    if args.prompt_ids is not None:
+        try:
+            return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise SystemExit(f"error: --prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
+    if tok is None:
+        raise SystemExit("error: the target has no tokenizer.json (or `tokenizers` is not installed): "
+                         "pass --prompt-ids")
+    return tok.encode(args.prompt)
+
+
+def run_generate(args) -> int:
+    from .generate import generate
+    from .model.config import CheckpointError
+    from .tokenizer import load_tokenizer
+
+    if not args.no_draft and not args.draft:
+        raise SystemExit("error: pass --draft DIR, or --no-draft for target-only decoding")
+    try:
+        target, draft = _load(args)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    tok = load_tokenizer(args.target)
+    prompt = _prompt_ids(args, tok)
+    progress = None
+    if not args.json:
+        print(f"target {args.target} ({target.cfg.num_hidden_layers} layers, H={target.cfg.hidden_size}, "
+              f"{target.dtype}, {args.device}); draft: {args.draft if draft else 'none'}; "
+              f"prompt {len(prompt)} tokens", file=sys.stderr)
+        progress = lambda step, n: print(f"\rstep {step}: {n} tokens", end="", file=sys.stderr)  # noqa: E731
+    try:
+        res = generate(target, [prompt], draft=draft, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                       ignore_eos=args.ignore_eos, num_proposals=args.num_proposals,
+                       tree_topk=args.tree_topk, tree_budget=args.tree_budget,
+                       use_head=not args.dflash_only, trace=args.trace, on_step=progress)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    tokens = res.tokens[0]
+    text = tok.decode(tokens) if tok is not None else None
+    st = res.stats
+    if args.json:
+        out = {"tokens": tokens, "stats": st}
+        if text is not None:
+            out["text"] = text
+        if args.trace:
+            out["trace"] = [{"step": i, "draft": r["draft"][0], "accepted": r["accepted"][0],
+                             **({"parents": r["parents"][0]} if "parents" in r else {})}
+                            for i, r in enumerate(res.trace or [])]
+        print(json.dumps(out))
+        return 0
+    print("", file=sys.stderr)
+    print(text if text is not None else " ".join(map(str, tokens)))
+    if args.trace:
+        for i, r in enumerate(res.trace or []):
+            print(f"step {i}: draft {r['draft'][0]} accepted {r['accepted'][0]}", file=sys.stderr)
+    print(summary_line(st))
     return 0
+
+
+def summary_line(st: dict) -> str:
+    share = ""
+    if st["mode"] != "target-only":
+        busy = st["draft_s"] + st["verify_s"] + st["bookkeeping_s"]
+        share = (f", draft {100 * st['draft_s'] / busy:.0f}% / verify {100 * st['verify_s'] / busy:.0f}% / "
+                 f"bookkeeping {100 * st['bookkeeping_s'] / busy:.0f}%") if busy > 0 else ""
+    return (f"[{st['mode']}] {st['new_tokens']} tokens in {st['total_s']:.2f} s: "
+            f"{st['tokens_per_s']:.1f} tokens/s, tau {st['tau']:.2f} over {st['steps']} steps{share}")
+
+
+def _embedded_pair():
+    """The project's trained pair (``domino_kernels.assets``) when this build ships it."""
+    try:
+        from .assets import default_draft_dir, default_target_dir
+    except ImportError:
+        return None
+    target, draft = default_target_dir(), default_draft_dir("domino")
+    if all(os.path.exists(os.path.join(d, "config.json")) for d in (target, draft)):
+        return target, draft
+    return None
+
+
+def run_demo(args) -> int:
+    from .generate import generate
+    from .model.dflash import load_draft
+    from .model.qwen3 import load_qwen3
+    from .model.synthetic import ensure_demo_pair
+    from .tokenizer import load_tokenizer
+
+    embedded = _embedded_pair()
+    if embedded is not None:
+        target_dir, draft_dir = embedded
+        note = "the embedded trained pair"
+    else:
+        target_dir, draft_dir = ensure_demo_pair(args.cache_dir)
+        note = (f"a tiny random Qwen3 target + Domino draft under {args.cache_dir} (until the trained "
+                f"pair ships; a random draft is rarely right, so expect tau near 1)")
+    target = load_qwen3(target_dir, device=args.device)
+    draft = load_draft(draft_dir, target)
+    tok = load_tokenizer(target_dir)
+    prompt = tok.encode(args.prompt) if tok is not None else list(range(1, 17))
+    print(f"demo: {note}; prompt {len(prompt)} tokens")
+    spec = generate(target, [prompt], draft=draft, max_new_tokens=args.max_new_tokens, ignore_eos=True)
+    plain = generate(target, [prompt], max_new_tokens=args.max_new_tokens, ignore_eos=True)
+    print(tok.decode(spec.tokens[0]) if tok is not None else " ".join(map(str, spec.tokens[0])))
+    print(summary_line(plain.stats))
+    print(summary_line(spec.stats))
+    same = spec.tokens == plain.tokens
+    print(f"speculative output == target-only greedy output: {same}; speedup "
+          f"{spec.stats['tokens_per_s'] / max(plain.stats['tokens_per_s'], 1e-9):.2f}x at tau "
+          f"{spec.stats['tau']:.2f}")
+    return 0 if same else 1
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m domino_kernels")
     sub = ap.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the demo")
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--vocab", type=int, default=151936)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=demo)
+    g = sub.add_parser("generate", help="decode with a Qwen3 target and a DFlash/Domino draft")
+    g.add_argument("--target", required=True, help="Hugging Face Qwen3 checkpoint directory")
+    g.add_argument("--draft", help="DFlash/Domino draft checkpoint directory")
+    g.add_argument("--no-draft", action="store_true", help="target-only decoding")
+    g.add_argument("--dflash-only", action="store_true", help="ignore the Domino head (plain DFlash)")
+    p = g.add_mutually_exclusive_group(required=True)
+    p.add_argument("--prompt", help="prompt text (needs the target's tokenizer.json)")
+    p.add_argument("--prompt-ids", help="prompt token ids, comma separated: 1,2,3")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--ignore-eos", action="store_true")
+    g.add_argument("--num-proposals", type=int, default=None, help="chain length (default: the draft's)")
+    g.add_argument("--tree-topk", type=int, default=0, help="children per tree node (tree drafting)")
+    g.add_argument("--tree-budget", type=int, default=0, help="drafted tree nodes (tree drafting)")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the config's)")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--trace", action="store_true", help="record each step's draft and acceptance")
+    g.set_defaults(func=run_generate)
+    d = sub.add_parser("demo", help="decode on the embedded default pair and print the summary")
+    d.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "domino_kernels",
+                                                       "demo-v1"))
+    d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--prompt", default="The quick brown fox", help="used when the pair has a tokenizer")
+    d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    d.set_defaults(func=run_demo)
     args = ap.parse_args(argv)
     return args.func(args)
 

@@ -9,6 +9,22 @@ TORCH_LIBRARY(domino, m) {
       "sample(Tensor logits, Tensor temperature, Tensor? top_k, Tensor? top_p, Tensor? min_p, "
       "Tensor seed, Tensor offset) -> Tensor");
 
+  // Domino draft rollout (domino/rollout.h). Chain: tokens [B, N] int64, q [B, N] fp32, q_rows
+  // [B, N, V] fp32 (or [0] when not requested). Tree: tokens, parents [B, budget + 1] int64 (node 0 =
+  // anchor, parents[0] = -1, padding -1), q [B, budget + 1] fp32, num_nodes [B] int64.
+  m.def(
+      "domino_rollout(Tensor hidden, Tensor base_logits, Tensor anchor, Tensor w_ih, Tensor w_hh, "
+      "Tensor w1, Tensor w2, Tensor embedding, Tensor? gru_table, int num_proposals, "
+      "bool shift_label, int pure_prefix_len, Tensor? temperature, Tensor? seed, Tensor? offset, "
+      "bool return_q_rows, int candidates) -> (Tensor tokens, Tensor q, Tensor q_rows)");
+  m.def(
+      "domino_tree_rollout(Tensor hidden, Tensor base_logits, Tensor anchor, Tensor w_ih, "
+      "Tensor w_hh, Tensor w1, Tensor w2, Tensor embedding, Tensor? gru_table, bool shift_label, "
+      "int pure_prefix_len, int topk, int depth, int budget, Tensor? temperature, Tensor? seed, "
+      "Tensor? offset) -> (Tensor tokens, Tensor parents, Tensor q, Tensor num_nodes)");
+  // GRU input table [V, 3G] = embedding @ w_ih^T (fp32 accumulation, weight dtype).
+  m.def("build_gru_table(Tensor embedding, Tensor w_ih) -> Tensor");
+
   // Attention over a paged KV cache (domino/attention.h). mask_mode: 0 causal, 1 tree (packed
   // ancestor bits over the new tokens in tree_mask [total_q, W] int32), 2 full. Returns out
   // [total_q, Hq, D] in q's dtype and lse [total_q, Hq] fp32 (a [0] tensor unless return_lse).

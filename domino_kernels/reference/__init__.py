@@ -7,8 +7,10 @@ token for token under the same seeds.
 """
 from .numerics import det_exp, det_log
 from .philox import philox4x32_10, uniforms
+from .rollout import rollout, rollout_quadratic, tree_rollout
 from .sampling import sample
 from .verify import verify
 from . import attention
 
-__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "attention", "verify"]
+__all__ = ["det_exp", "det_log", "philox4x32_10", "uniforms", "sample", "attention", "verify",
+           "rollout", "rollout_quadratic", "tree_rollout"]

@@ -1,0 +1,429 @@
+// CPU implementation of the Domino rollout (semantics in domino/rollout.h).
+//
+// One engine runs both the chain (topk 1, budget N) and the tree. Per level it does:
+//   m     = silu(zp[b, i] + (W1h h)[node])            every frontier row (zp = W1z zz, hoisted)
+//   pass  = one sweep over W2 in tiles of kTile rows: each W2 row is converted to fp32 once and
+//           dotted with all the level's m rows (weight-stationary), then the tile's scores get the
+//           base logits added and are folded into the row's running TopK (online max/sum-exp,
+//           argmax / top-k / Gumbel top-k). Threads own contiguous chunks of tiles.
+//   merge = the per-chunk partials of each row, in chunk order
+//   select children within the budget, then the GRU cell of every new node and one GEMV pass
+//   [W1h | W_hh] h_new for all of them (W_ih h-input via a table row gather or a GEMV).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "domino/rollout.h"
+#include "rollout_dot.h"
+
+namespace domino {
+namespace rollout {
+namespace {
+
+using cpu::dot_block;
+using cpu::kRowBlock;
+using cpu::pad16;
+using cpu::to_f32_row;
+
+constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay in L1/L2)
+constexpr int64_t kMaxChunks = 64;  // partials per row of a vocabulary pass
+constexpr int64_t kPrefetchRows = 16;  // weight rows prefetched ahead of the current block
+
+struct RowCtx {
+  int64_t b;
+  int32_t node;  // frontier node being expanded
+  bool greedy;
+  float temperature;
+  uint64_t seed, offset;
+  uint32_t stream;
+};
+
+// One candidate child of a level (before the budget selection).
+struct Child {
+  float cum;
+  int32_t parent;
+  int32_t rank;
+  int64_t token;
+  float logq;
+};
+
+class Engine {
+ public:
+  Engine(const RolloutParams& p, const ParallelFor& pf) : p_(p), pf_(pf) {
+    B_ = p.B; H_ = p.H; G_ = p.G; E_ = p.E; V_ = p.V; G3_ = 3 * p.G;
+    N_ = p.depth; P_ = p.pure_prefix; K_ = p.topk;
+    M_ = int64_t(p.budget) + 1;
+    Hp_ = pad16(H_); Gp_ = pad16(G_); Ep_ = pad16(E_); G3p_ = pad16(G3_);
+    HG_ = E_ + G3_;
+    Fmax_ = max_frontier(p);
+    wsize_ = p.wdtype == DType::F32 ? 4 : 2;
+    need_gru_ = N_ > P_;
+  }
+
+  void run() {
+    node_tok_.assign(B_ * M_, -1);
+    node_par_.assign(B_ * M_, -1);
+    node_q_.assign(B_ * M_, 0.0f);
+    node_cum_.assign(B_ * M_, 0.0f);
+    num_.assign(B_, 1);
+    std::vector<std::pair<int64_t, int32_t>> frontier;  // (b, node) of the current level
+    for (int64_t b = 0; b < B_; ++b) {
+      node_tok_[b * M_] = p_.anchor[b];
+      node_q_[b * M_] = 1.0f;
+      frontier.push_back({b, 0});
+    }
+    if (need_gru_) {
+      node_h_.assign(B_ * M_ * Gp_, 0.0f);
+      node_hg_.assign(B_ * M_ * HG_, 0.0f);
+      compute_zp();
+      grow_states(frontier);
+    }
+    for (int32_t d = 0; d < N_ && !frontier.empty(); ++d) {
+      const int32_t i = d + 1;  // proposal index of the children
+      std::vector<TopK> rows = score_level(frontier, i);
+      frontier = select_children(frontier, rows, i);
+      if (need_gru_ && i < N_ && !frontier.empty()) grow_states(frontier);
+    }
+    emit();
+  }
+
+ private:
+  const void* wrow(const void* base, int64_t row, int64_t ld, int64_t col = 0) const {
+    return static_cast<const char*>(base) + (row * ld + col) * wsize_;
+  }
+
+  // Software prefetch of weight rows a few blocks ahead, so that the DRAM stream overlaps the
+  // FMA work of the current block (the conversion would otherwise stall on every new row).
+  void prefetch_rows(const void* W, int64_t row, int64_t n, int64_t ld, int64_t col = 0,
+                     int64_t K = -1, int64_t nrows = -1) const {
+    if (K < 0) K = ld;
+    const int64_t end_row = nrows < 0 ? V_ : nrows;
+    for (int64_t r = row; r < row + n && r < end_row; ++r) {
+      const char* base = static_cast<const char*>(wrow(W, r, ld, col));
+      for (int64_t off = 0; off < K * wsize_; off += 64) __builtin_prefetch(base + off);
+    }
+  }
+
+  // Y[a, r] = dot(W[r, col : col + K], X[a]) for r < nrows; X rows padded to pad16(K).
+  void gemv(const void* W, int64_t ldw, int64_t col, int64_t K, int64_t nrows, const float* X,
+            int64_t A, float* Y, int64_t ldy) {
+    const int64_t Kp = pad16(K);
+    const int64_t nblocks = (nrows + kRowBlock - 1) / kRowBlock;
+    pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
+      std::vector<float> wbuf(kRowBlock * Kp, 0.0f);
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t r0 = blk * kRowBlock;
+        const int nr = int(std::min<int64_t>(kRowBlock, nrows - r0));
+        prefetch_rows(W, r0 + kPrefetchRows, kRowBlock, ldw, col, K, nrows);
+        for (int j = 0; j < nr; ++j) to_f32_row(wrow(W, r0 + j, ldw, col), p_.wdtype, K, Kp, &wbuf[j * Kp]);
+        dot_block(wbuf.data(), nr, Kp, X, Kp, A, Y + r0, ldy);
+      }
+    });
+  }
+
+  // zp[b, i] = W1z · zz_i for the corrected proposals i in (P, N].
+  void compute_zp() {
+    const int64_t per = N_ - P_;
+    std::vector<float> X(B_ * per * Hp_);
+    pf_(B_ * per, 1, [&](int64_t a0, int64_t a1) {
+      for (int64_t a = a0; a < a1; ++a) {
+        const int64_t b = a / per, i = P_ + 1 + a % per;
+        const int64_t slot = p_.shift_label ? i - 1 : i;
+        const char* src = static_cast<const char*>(p_.hidden) +
+                          (b * p_.hidden_stride_b + slot * p_.hidden_stride_s) * wsize_;
+        to_f32_row(src, p_.wdtype, H_, Hp_, &X[a * Hp_]);
+      }
+    });
+    zp_.assign(B_ * per * E_, 0.0f);
+    gemv(p_.w1, H_ + G_, 0, H_, E_, X.data(), B_ * per, zp_.data(), E_);
+  }
+  const float* zp(int64_t b, int32_t i) const { return &zp_[(b * (N_ - P_) + (i - P_ - 1)) * E_]; }
+
+  // GRU cell for the given new nodes (their parents' states are ready), then [W1h | W_hh] · h.
+  void grow_states(const std::vector<std::pair<int64_t, int32_t>>& nodes) {
+    const int64_t A = int64_t(nodes.size());
+    std::vector<float> gi(A * G3p_, 0.0f);
+    auto token_ok = [&](int64_t t) { return t >= 0 && t < V_; };
+    if (p_.gru_table) {
+      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+        for (int64_t a = a0; a < a1; ++a) {
+          const int64_t t = node_tok_[nodes[a].first * M_ + nodes[a].second];
+          if (token_ok(t)) to_f32_row(wrow(p_.gru_table, t, G3_), p_.wdtype, G3_, G3p_, &gi[a * G3p_]);
+        }
+      });
+    } else {
+      std::vector<float> X(A * Hp_, 0.0f);
+      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+        for (int64_t a = a0; a < a1; ++a) {
+          const int64_t t = node_tok_[nodes[a].first * M_ + nodes[a].second];
+          if (token_ok(t)) to_f32_row(wrow(p_.embedding, t, H_), p_.wdtype, H_, Hp_, &X[a * Hp_]);
+        }
+      });
+      gemv(p_.w_ih, H_, 0, H_, G3_, X.data(), A, gi.data(), G3p_);
+    }
+    std::vector<float> Xh(A * Gp_, 0.0f);
+    pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      for (int64_t a = a0; a < a1; ++a) {
+        const int64_t b = nodes[a].first, n = b * M_ + nodes[a].second;
+        const int64_t par = node_par_[n];
+        const float* hp = par >= 0 ? &node_h_[(b * M_ + par) * Gp_] : nullptr;
+        const float* gh = par >= 0 ? &node_hg_[(b * M_ + par) * HG_ + E_] : nullptr;
+        const float* g = &gi[a * G3p_];
+        float* h = &node_h_[n * Gp_];
+        for (int64_t k = 0; k < G_; ++k)
+          h[k] = gru_cell(g[k], g[G_ + k], g[2 * G_ + k], gh ? gh[k] : 0.0f,
+                          gh ? gh[G_ + k] : 0.0f, gh ? gh[2 * G_ + k] : 0.0f, hp ? hp[k] : 0.0f);
+        std::copy(h, h + Gp_, &Xh[a * Gp_]);
+      }
+    });
+    std::vector<float> Y(A * HG_);
+    gemv(p_.w1, H_ + G_, H_, G_, E_, Xh.data(), A, Y.data(), HG_);  // W1h · h
+    gemv(p_.w_hh, G_, 0, G_, G3_, Xh.data(), A, Y.data() + E_, HG_);  // W_hh · h
+    for (int64_t a = 0; a < A; ++a) {
+      const int64_t n = nodes[a].first * M_ + nodes[a].second;
+      std::copy(&Y[a * HG_], &Y[(a + 1) * HG_], &node_hg_[n * HG_]);
+    }
+  }
+
+  template <typename Tb>
+  const Tb* base_row(int64_t b, int32_t i) const {
+    return static_cast<const Tb*>(p_.base) + b * p_.base_stride_b + int64_t(i - 1) * p_.base_stride_n;
+  }
+
+  // Fold a tile of scores s[0, n) with vocabulary ids (v0 + j, or ids[j]) into the row's state.
+  void consume(TopK& st, float* s, int64_t n, int64_t v0, const int32_t* ids, const RowCtx& c,
+               float* qrow) const {
+    if (!c.greedy) cpu::scale_inplace(s, n, c.temperature);
+    float tmax, tsum;
+    cpu::sanitize_max_sumexp(s, n, tmax, tsum);
+    if (qrow) {
+      for (int64_t j = 0; j < n; ++j) qrow[ids ? ids[j] : v0 + j] = s[j];
+    }
+    if (!(tmax > -det::kInf)) return;
+    softmax_fold(st, tmax, tsum);
+    const int k = K_;
+    auto id = [&](int64_t j) { return int32_t(ids ? ids[j] : v0 + j); };
+    if (c.greedy) {
+      if (k == 1 && !ids) {  // ascending ids: the tile's first maximum is its only candidate
+        if (st.n == 0 || tmax > st.key[0]) {
+          const int32_t v = id(cpu::find_first(s, n, tmax));
+          topk_insert(st, 1, tmax, tmax, v);
+        }
+        return;
+      }
+      if (st.n == k && !(tmax >= st.key[k - 1])) return;
+      for (int64_t j = 0; j < n; ++j)
+        if (s[j] > -det::kInf && (st.n < k || key_better(s[j], id(j), st.key[k - 1], st.idx[k - 1])))
+          topk_insert(st, k, s[j], s[j], id(j));
+      return;
+    }
+    if (st.n == k && det::add(tmax, kGumbelMaxNoise) < st.key[k - 1]) return;
+    uint32_t cached_block = 0xffffffffu;
+    rng::U4 words{};
+    for (int64_t j = 0; j < n; ++j) {
+      const float sv = s[j];
+      if (!(sv > -det::kInf)) continue;
+      if (st.n == k && det::add(sv, kGumbelMaxNoise) < st.key[k - 1]) continue;  // cannot enter
+      const uint32_t v = uint32_t(id(j));
+      if ((v >> 2) != cached_block) {
+        cached_block = v >> 2;
+        words = rng::raw4(c.seed, c.offset, c.stream, cached_block);
+      }
+      const float key = gumbel_key(sv, rng::u32_to_uniform(rng::lane(words, v & 3u)));
+      topk_insert(st, k, key, sv, int32_t(v));
+    }
+  }
+
+  // One vocabulary pass for every frontier row of the level; returns the merged state per row.
+  std::vector<TopK> score_level(const std::vector<std::pair<int64_t, int32_t>>& frontier, int32_t i) {
+    const int64_t A = int64_t(frontier.size());
+    const bool corrected = i > P_;
+    std::vector<RowCtx> ctx(A);
+    for (int64_t a = 0; a < A; ++a) {
+      const int64_t b = frontier[a].first;
+      const float T = p_.temperature ? p_.temperature[b] : 0.0f;
+      ctx[a] = RowCtx{b, frontier[a].second, !(T > 0.0f), T,
+                      p_.seed ? uint64_t(p_.seed[b]) : 0, p_.offset ? uint64_t(p_.offset[b]) : 0,
+                      noise_stream(p_.tree, i, frontier[a].second)};
+    }
+    std::vector<float> m;
+    if (corrected) {
+      m.assign(A * Ep_, 0.0f);
+      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+        for (int64_t a = a0; a < a1; ++a) {
+          const float* z = zp(ctx[a].b, i);
+          const float* hp = &node_hg_[(ctx[a].b * M_ + ctx[a].node) * HG_];
+          for (int64_t e = 0; e < E_; ++e) m[a * Ep_ + e] = silu(det::add(z[e], hp[e]));
+        }
+      });
+    }
+    auto qrow = [&](int64_t b) -> float* {
+      return p_.q_rows ? p_.q_rows + (b * N_ + (i - 1)) * V_ : nullptr;
+    };
+    const bool shortlist = corrected && p_.shortlist && !p_.tree;
+    std::vector<TopK> rows(A);
+    for (auto& r : rows) topk_init(r);
+
+    if (shortlist) {
+      // Each request has its own candidate columns: the weight rows differ per row.
+      const int64_t Kc = p_.num_candidates;
+      for (int64_t a = 0; a < A; ++a)
+        if (float* q = qrow(ctx[a].b)) std::fill(q, q + V_, -det::kInf);
+      const int64_t ntile = (Kc + kTile - 1) / kTile;
+      std::vector<TopK> part(A * ntile);
+      pf_(A * ntile, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<float> wbuf(kRowBlock * Ep_, 0.0f), s(kTile);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t a = t / ntile, j0 = (t % ntile) * kTile, n = std::min(kTile, Kc - j0);
+          const int64_t b = ctx[a].b;
+          const int32_t* ids = p_.shortlist + b * Kc + j0;
+          dispatch_dtype(p_.base_dtype, [&](auto tag) {
+            using Tb = decltype(tag);
+            const Tb* base = base_row<Tb>(b, i);
+            for (int64_t j = 0; j < n; j += kRowBlock) {
+              const int nr = int(std::min<int64_t>(kRowBlock, n - j));
+              for (int r = 0; r < nr; ++r) to_f32_row(wrow(p_.w2, ids[j + r], E_), p_.wdtype, E_, Ep_, &wbuf[r * Ep_]);
+              dot_block(wbuf.data(), nr, Ep_, &m[a * Ep_], Ep_, 1, &s[j], kTile);
+            }
+            for (int64_t j = 0; j < n; ++j) s[j] = det::add(to_float(base[ids[j]]), s[j]);
+          });
+          TopK& st = part[t];
+          topk_init(st);
+          consume(st, s.data(), n, 0, ids, ctx[a], qrow(b));
+        }
+      });
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t t = 0; t < ntile; ++t) topk_merge(rows[a], part[a * ntile + t], K_);
+    } else {
+      const int64_t ntile = (V_ + kTile - 1) / kTile;
+      const int64_t nchunks = std::min(ntile, kMaxChunks);
+      std::vector<TopK> part(nchunks * A);
+      pf_(nchunks, 1, [&](int64_t c0, int64_t c1) {
+        const int64_t ld = std::min(kTile, V_);  // tile scratch [A][ld]: small V keeps it small
+        std::vector<float> wbuf(kRowBlock * Ep_, 0.0f), tile(A * ld);
+        for (int64_t c = c0; c < c1; ++c) {
+          TopK* st = &part[c * A];
+          for (int64_t a = 0; a < A; ++a) topk_init(st[a]);
+          const int64_t t_begin = c * ntile / nchunks, t_end = (c + 1) * ntile / nchunks;
+          for (int64_t t = t_begin; t < t_end; ++t) {
+            const int64_t v0 = t * kTile, n = std::min(kTile, V_ - v0);
+            if (corrected) {
+              for (int64_t j = 0; j < n; j += kRowBlock) {
+                const int nr = int(std::min<int64_t>(kRowBlock, n - j));
+                prefetch_rows(p_.w2, v0 + j + kPrefetchRows, kRowBlock, E_);
+                for (int r = 0; r < nr; ++r) to_f32_row(wrow(p_.w2, v0 + j + r, E_), p_.wdtype, E_, Ep_, &wbuf[r * Ep_]);
+                dot_block(wbuf.data(), nr, Ep_, m.data(), Ep_, A, &tile[j], ld);
+              }
+            }
+            for (int64_t a = 0; a < A; ++a) {
+              float* s = &tile[a * ld];
+              dispatch_dtype(p_.base_dtype, [&](auto tag) {
+                using Tb = decltype(tag);
+                const Tb* base = base_row<Tb>(ctx[a].b, i) + v0;
+                if (corrected)
+                  for (int64_t j = 0; j < n; ++j) s[j] = det::add(to_float(base[j]), s[j]);
+                else
+                  for (int64_t j = 0; j < n; ++j) s[j] = to_float(base[j]);
+              });
+              consume(st[a], s, n, v0, nullptr, ctx[a], qrow(ctx[a].b));
+            }
+          }
+        }
+      });
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t c = 0; c < nchunks; ++c) topk_merge(rows[a], part[c * A + a], K_);
+    }
+
+    if (p_.q_rows) {  // raw scaled scores -> probabilities
+      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+        for (int64_t a = a0; a < a1; ++a) {
+          float* q = qrow(ctx[a].b);
+          const TopK& st = rows[a];
+          const bool ok = st.max > -det::kInf;
+          for (int64_t v = 0; v < V_; ++v)
+            q[v] = ok ? det::div(det::exp(det::sub(q[v], st.max)), st.sum) : 0.0f;
+        }
+      });
+    }
+    return rows;
+  }
+
+  // Budget selection: the level's candidates ranked by cumulative log q (ties: parent, rank), the
+  // best `remaining` kept, then numbered in (parent, rank) order.
+  std::vector<std::pair<int64_t, int32_t>> select_children(
+      const std::vector<std::pair<int64_t, int32_t>>& frontier, const std::vector<TopK>& rows,
+      int32_t /*i*/) {
+    std::vector<std::pair<int64_t, int32_t>> next;
+    size_t a = 0;
+    for (int64_t b = 0; b < B_; ++b) {
+      std::vector<Child> cand;
+      for (; a < frontier.size() && frontier[a].first == b; ++a) {
+        const TopK& st = rows[a];
+        const int32_t par = frontier[a].second;
+        for (int j = 0; j < st.n; ++j) {
+          const float lq = log_q(st, st.val[j]);
+          cand.push_back(Child{det::add(node_cum_[b * M_ + par], lq), par, j, st.idx[j], lq});
+        }
+      }
+      const int64_t remaining = int64_t(p_.budget) - (num_[b] - 1);
+      std::sort(cand.begin(), cand.end(), [](const Child& x, const Child& y) {
+        if (x.cum != y.cum) return x.cum > y.cum;
+        if (x.parent != y.parent) return x.parent < y.parent;
+        return x.rank < y.rank;
+      });
+      if (int64_t(cand.size()) > remaining) cand.resize(size_t(std::max<int64_t>(remaining, 0)));
+      std::sort(cand.begin(), cand.end(), [](const Child& x, const Child& y) {
+        return x.parent != y.parent ? x.parent < y.parent : x.rank < y.rank;
+      });
+      for (const Child& ch : cand) {
+        const int32_t id = int32_t(num_[b]++);
+        const int64_t n = b * M_ + id;
+        node_tok_[n] = ch.token;
+        node_par_[n] = ch.parent;
+        node_q_[n] = det::exp(ch.logq);
+        node_cum_[n] = ch.cum;
+        next.push_back({b, id});
+      }
+    }
+    return next;
+  }
+
+  void emit() {
+    for (int64_t b = 0; b < B_; ++b) {
+      if (p_.tree) {
+        for (int64_t n = 0; n < M_; ++n) {
+          const bool used = n < num_[b];
+          p_.tokens[b * M_ + n] = used ? node_tok_[b * M_ + n] : -1;
+          p_.parents[b * M_ + n] = used ? node_par_[b * M_ + n] : -1;
+          p_.q[b * M_ + n] = used ? node_q_[b * M_ + n] : 0.0f;
+        }
+        p_.num_nodes[b] = num_[b];
+      } else {  // chain: node i is proposal i
+        for (int64_t i = 1; i <= N_; ++i) {
+          const bool used = i < num_[b];
+          p_.tokens[b * N_ + i - 1] = used ? node_tok_[b * M_ + i] : -1;
+          p_.q[b * N_ + i - 1] = used ? node_q_[b * M_ + i] : 0.0f;
+        }
+      }
+    }
+  }
+
+  const RolloutParams& p_;
+  const ParallelFor& pf_;
+  int64_t B_, H_, G_, E_, V_, G3_, M_, Hp_, Gp_, Ep_, G3p_, HG_, Fmax_, wsize_;
+  int32_t N_, P_, K_;
+  bool need_gru_;
+  std::vector<float> zp_, node_h_, node_hg_, node_q_, node_cum_;
+  std::vector<int64_t> node_tok_, node_par_, num_;
+};
+
+}  // namespace
+
+void rollout_cpu(const RolloutParams& p, const ParallelFor& parallel_for) {
+  ParallelFor pf = parallel_for;
+  if (!pf) pf = [](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) { if (n > 0) fn(0, n); };
+  Engine(p, pf).run();
+}
+
+}  // namespace rollout
+}  // namespace domino

@@ -1,0 +1,42 @@
+// rollout_dot.h (CPU-private): weight-stationary multi-vector GEMV, the inner loop of the rollout.
+//
+// out[a * ldo + j] = dot(W[row_j, 0:K], X[a, 0:K]) for a block of <= 4 weight rows (already
+// converted to fp32, zero-padded to Kp = round_up(K, 16)) and every one of the A activation rows
+// (fp32, zero-padded to Kp). Each weight row is read from memory once for all A rows: that is what
+// makes the per-step cost one pass over embed_proj.2 for the whole batch. AVX-512 when the CPU has
+// it (runtime check), portable code otherwise; both accumulate in fp32.
+#pragma once
+
+#include <cstdint>
+
+#include "domino/common.h"
+
+namespace domino {
+namespace rollout {
+namespace cpu {
+
+constexpr int64_t kRowBlock = 4;
+inline int64_t pad16(int64_t k) { return (k + 15) / 16 * 16; }
+
+bool have_avx512();
+
+// fp32 copy of a weight / activation row, zero-padded to Kp.
+void to_f32_row(const void* src, DType dtype, int64_t K, int64_t Kp, float* dst);
+
+// See the file comment. `w` holds kRowBlock rows of Kp floats (rows >= nrows are ignored).
+void dot_block(const float* w, int nrows, int64_t Kp, const float* X, int64_t ldx, int64_t A,
+               float* out, int64_t ldo);
+
+// Elementwise over a tile: NaN -> -inf (a NaN score never wins), then (max, sum exp(x - max)).
+// max = -inf and sum = 0 when every element is -inf.
+void sanitize_max_sumexp(float* x, int64_t n, float& max, float& sum);
+
+// x[j] = x[j] / t (correctly rounded division, same bits as domino::det::div).
+void scale_inplace(float* x, int64_t n, float t);
+
+// Index of the first element equal to `value` in x[0, n) (n if none).
+int64_t find_first(const float* x, int64_t n, float value);
+
+}  // namespace cpu
+}  // namespace rollout
+}  // namespace domino

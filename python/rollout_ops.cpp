@@ -1,0 +1,272 @@
+// Binding of the Domino rollout ops (domino/rollout.h): domino_rollout (chain), domino_tree_rollout
+// and build_gru_table. Argument checks name the argument; CPU runs the framework-free engine on
+// at::parallel_for; CUDA runs the kernel sequence on the current stream with a device workspace.
+#include <ATen/Parallel.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "binding_utils.h"
+#include "domino/rollout.h"
+
+namespace domino {
+namespace binding {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+struct HeadArgs {
+  const Tensor& hidden;
+  const Tensor& base_logits;
+  const Tensor& anchor;
+  const Tensor& w_ih;
+  const Tensor& w_hh;
+  const Tensor& w1;
+  const Tensor& w2;
+  const Tensor& embedding;
+  const OptTensor& gru_table;
+  const OptTensor& temperature;
+  const OptTensor& seed;
+  const OptTensor& offset;
+};
+
+void check_weight(const Tensor& t, const Tensor& hidden, int64_t rows, int64_t cols,
+                  const char* op, const char* arg, const char* rows_what, const char* cols_what) {
+  check_same_device(t, hidden, op, arg, "hidden");
+  check_dim(t, 2, op, arg);
+  if (rows >= 0) check_size(t, 0, rows, op, arg, rows_what);
+  check_size(t, 1, cols, op, arg, cols_what);
+  DOMINO_CHECK_ARG(t.scalar_type() == hidden.scalar_type(), op, arg,
+                   "must have the same dtype as 'hidden' (", hidden.scalar_type(), "), got ",
+                   t.scalar_type());
+  check_contiguous(t, op, arg);
+}
+
+// Validates everything the chain and tree ops share and fills the params (not the outputs).
+rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shift_label,
+                                     int64_t pure_prefix_len, const char* op,
+                                     const char* depth_arg) {
+  const Tensor& hidden = x.hidden;
+  check_device_supported(hidden, op, "hidden");
+  check_dim(hidden, 3, op, "hidden");
+  const DType wdtype = float_dtype(hidden, op, "hidden");
+  DOMINO_CHECK_ARG(hidden.stride(2) == 1, op, "hidden", "must have unit stride in the hidden dimension");
+  const int64_t B = hidden.size(0), S = hidden.size(1), H = hidden.size(2);
+  DOMINO_CHECK_ARG(B > 0 && S > 0 && H > 0, op, "hidden", "must be non-empty, got shape ", shape_str(hidden));
+
+  check_dim(x.w_ih, 2, op, "w_ih");
+  DOMINO_CHECK_ARG(x.w_ih.size(0) > 0 && x.w_ih.size(0) % 3 == 0, op, "w_ih",
+                   "must have shape [3G, H] (rows a positive multiple of 3), got shape ", shape_str(x.w_ih));
+  const int64_t G = x.w_ih.size(0) / 3;
+  check_weight(x.w_ih, hidden, 3 * G, H, op, "w_ih", "3G", "H, from 'hidden'");
+  check_weight(x.w_hh, hidden, 3 * G, G, op, "w_hh", "3G, from 'w_ih'", "G, from 'w_ih'");
+  check_dim(x.w1, 2, op, "w1");
+  const int64_t E = x.w1.size(0);
+  DOMINO_CHECK_ARG(E > 0, op, "w1", "must have a non-empty first dimension E, got shape ", shape_str(x.w1));
+  check_weight(x.w1, hidden, E, H + G, op, "w1", "E", "H + G, from 'hidden' and 'w_ih'");
+  DOMINO_CHECK_ARG(hidden.is_cpu() || E <= rollout::kCudaMaxE, op, "w1", "must have E <= ",
+                   rollout::kCudaMaxE, " rows on CUDA (the fused kernel keeps a W2 row in registers), got ", E);
+  check_dim(x.w2, 2, op, "w2");
+  const int64_t V = x.w2.size(0);
+  DOMINO_CHECK_ARG(V > 0 && V < (int64_t(1) << 31), op, "w2", "must have 0 < V < 2^31 rows, got shape ", shape_str(x.w2));
+  check_weight(x.w2, hidden, V, E, op, "w2", "V", "E, from 'w1'");
+  check_weight(x.embedding, hidden, V, H, op, "embedding", "V, from 'w2'", "H, from 'hidden'");
+  if (x.gru_table) check_weight(*x.gru_table, hidden, V, 3 * G, op, "gru_table", "V, from 'w2'", "3G, from 'w_ih'");
+
+  const Tensor& base = x.base_logits;
+  check_same_device(base, hidden, op, "base_logits", "hidden");
+  check_dim(base, 3, op, "base_logits");
+  const DType bdtype = float_dtype(base, op, "base_logits");
+  check_size(base, 0, B, op, "base_logits", "batch, from 'hidden'");
+  check_size(base, 2, V, op, "base_logits", "V, from 'w2'");
+  DOMINO_CHECK_ARG(base.stride(2) == 1, op, "base_logits", "must have unit stride in the vocabulary dimension");
+  check_vector(x.anchor, B, at::kLong, hidden, op, "anchor", "hidden");
+
+  const int64_t max_depth = shift_label ? S : S - 1;
+  DOMINO_CHECK_ARG(depth >= 1 && depth <= max_depth, op, depth_arg, "must be in [1, ", max_depth,
+                   "] (the block has S = ", S, " slots and shift_label = ", shift_label, "), got ", depth);
+  DOMINO_CHECK_ARG(base.size(1) >= depth, op, "base_logits", "must hold at least ", depth,
+                   " proposals in dimension 1, got shape ", shape_str(base));
+  DOMINO_CHECK_ARG(pure_prefix_len >= 0, op, "pure_prefix_len", "must be >= 0, got ", pure_prefix_len);
+
+  if (x.temperature) {
+    check_vector(*x.temperature, B, at::kFloat, hidden, op, "temperature", "hidden");
+    DOMINO_CHECK_ARG(x.seed.has_value(), op, "seed", "is required when 'temperature' is given");
+    DOMINO_CHECK_ARG(x.offset.has_value(), op, "offset", "is required when 'temperature' is given");
+  }
+  if (x.seed) check_vector(*x.seed, B, at::kLong, hidden, op, "seed", "hidden");
+  if (x.offset) check_vector(*x.offset, B, at::kLong, hidden, op, "offset", "hidden");
+
+  if (hidden.is_cpu()) {  // values are readable here: reject them instead of defining a result
+    const int64_t* a = x.anchor.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b)
+      DOMINO_CHECK_ARG(a[b] >= 0 && a[b] < V, op, "anchor", "must hold token ids in [0, ", V,
+                       "), got ", a[b], " at row ", b);
+    if (x.temperature) {
+      const float* t = x.temperature->data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b)
+        DOMINO_CHECK_ARG(t[b] >= 0.0f, op, "temperature", "must be >= 0 (0 means greedy), got ",
+                         t[b], " at row ", b);
+    }
+  }
+
+  rollout::RolloutParams p;
+  p.hidden = hidden.data_ptr();
+  p.hidden_stride_b = hidden.stride(0);
+  p.hidden_stride_s = hidden.stride(1);
+  p.base = base.data_ptr();
+  p.base_dtype = bdtype;
+  p.base_stride_b = base.stride(0);
+  p.base_stride_n = base.stride(1);
+  p.anchor = x.anchor.data_ptr<int64_t>();
+  p.w_ih = x.w_ih.data_ptr();
+  p.w_hh = x.w_hh.data_ptr();
+  p.w1 = x.w1.data_ptr();
+  p.w2 = x.w2.data_ptr();
+  p.embedding = x.embedding.data_ptr();
+  p.gru_table = x.gru_table ? x.gru_table->data_ptr() : nullptr;
+  p.wdtype = wdtype;
+  p.B = B; p.S = S; p.H = H; p.G = G; p.E = E; p.V = V;
+  p.depth = int32_t(depth);
+  p.pure_prefix = int32_t(std::min<int64_t>(pure_prefix_len, depth));
+  p.shift_label = shift_label;
+  p.temperature = x.temperature ? x.temperature->data_ptr<float>() : nullptr;
+  p.seed = x.seed ? x.seed->data_ptr<int64_t>() : nullptr;
+  p.offset = x.offset ? x.offset->data_ptr<int64_t>() : nullptr;
+  return p;
+}
+
+void run(const rollout::RolloutParams& p, const Tensor& like, const char* op) {
+  if (like.is_cpu()) {
+    rollout::rollout_cpu(p, [](int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+      at::parallel_for(0, n, grain, fn);
+    });
+    return;
+  }
+#ifdef DOMINO_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(like.device());
+  const size_t bytes = rollout::rollout_cuda_workspace_bytes(p);
+  Tensor ws = at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
+  check_cuda_status(rollout::rollout_cuda(p, ws.data_ptr(), current_stream(like)), op);
+#else
+  (void)op;
+#endif
+}
+
+std::tuple<Tensor, Tensor, Tensor> domino_rollout(
+    const Tensor& hidden, const Tensor& base_logits, const Tensor& anchor, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
+    const OptTensor& gru_table, int64_t num_proposals, bool shift_label, int64_t pure_prefix_len,
+    const OptTensor& temperature, const OptTensor& seed, const OptTensor& offset,
+    bool return_q_rows, int64_t candidates) {
+  constexpr const char* kOp = "domino::domino_rollout";
+  HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset};
+  rollout::RolloutParams p = common_params(x, num_proposals, shift_label, pure_prefix_len, kOp, "num_proposals");
+  DOMINO_CHECK_ARG(candidates >= 0, kOp, "candidates", "must be >= 0 (0 = exact full vocabulary), got ", candidates);
+  const int64_t B = p.B, N = num_proposals, V = p.V;
+  DOMINO_CHECK_ARG(hidden.is_cpu() || B <= rollout::kCudaMaxRows, kOp, "hidden", "batch must be <= ",
+                   rollout::kCudaMaxRows, " on CUDA, got ", B);
+  p.tree = false;
+  p.topk = 1;
+  p.budget = int32_t(N);
+
+  Tensor tokens = at::empty({B, N}, hidden.options().dtype(at::kLong));
+  Tensor q = at::empty({B, N}, hidden.options().dtype(at::kFloat));
+  Tensor q_rows = return_q_rows ? at::zeros({B, N, V}, hidden.options().dtype(at::kFloat))
+                                : at::empty({0}, hidden.options().dtype(at::kFloat));
+  Tensor shortlist;
+  if (candidates > 0 && candidates < V && N > p.pure_prefix) {
+    // Per-request shortlist: the top-K of max over the corrected proposals of the base logits,
+    // ties to the lowest vocabulary id (stable descending sort).
+    const Tensor best = at::amax(base_logits.narrow(1, p.pure_prefix, N - p.pure_prefix).to(at::kFloat), {1});
+    shortlist = std::get<1>(at::sort(best, /*stable=*/true, /*dim=*/1, /*descending=*/true))
+                    .narrow(1, 0, candidates).to(at::kInt).contiguous();
+    p.shortlist = shortlist.data_ptr<int32_t>();
+    p.num_candidates = int32_t(candidates);
+  }
+  p.q_rows = return_q_rows ? q_rows.data_ptr<float>() : nullptr;
+  p.tokens = tokens.data_ptr<int64_t>();
+  p.q = q.data_ptr<float>();
+  run(p, hidden, kOp);
+  return {tokens, q, q_rows};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
+    const Tensor& hidden, const Tensor& base_logits, const Tensor& anchor, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
+    const OptTensor& gru_table, bool shift_label, int64_t pure_prefix_len, int64_t topk,
+    int64_t depth, int64_t budget, const OptTensor& temperature, const OptTensor& seed,
+    const OptTensor& offset) {
+  constexpr const char* kOp = "domino::domino_tree_rollout";
+  HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset};
+  rollout::RolloutParams p = common_params(x, depth, shift_label, pure_prefix_len, kOp, "depth");
+  DOMINO_CHECK_ARG(topk >= 1 && topk <= rollout::kMaxTopK, kOp, "topk", "must be in [1, ",
+                   rollout::kMaxTopK, "], got ", topk);
+  DOMINO_CHECK_ARG(budget >= 1 && budget <= 4096, kOp, "budget", "must be in [1, 4096], got ", budget);
+  const int64_t B = p.B, M = budget + 1;
+  p.tree = true;
+  p.topk = int32_t(topk);
+  p.budget = int32_t(budget);
+  DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::max_frontier(p) <= rollout::kCudaMaxRows, kOp,
+                   "budget", "gives batch * widest level = ", B * rollout::max_frontier(p),
+                   " rows; CUDA supports <= ", rollout::kCudaMaxRows);
+  Tensor tokens = at::empty({B, M}, hidden.options().dtype(at::kLong));
+  Tensor parents = at::empty({B, M}, hidden.options().dtype(at::kLong));
+  Tensor q = at::empty({B, M}, hidden.options().dtype(at::kFloat));
+  Tensor num_nodes = at::empty({B}, hidden.options().dtype(at::kLong));
+  p.tokens = tokens.data_ptr<int64_t>();
+  p.parents = parents.data_ptr<int64_t>();
+  p.q = q.data_ptr<float>();
+  p.num_nodes = num_nodes.data_ptr<int64_t>();
+  run(p, hidden, kOp);
+  return {tokens, parents, q, num_nodes};
+}
+
+// table = embedding @ w_ih^T, accumulated in fp32 and rounded once to the weight dtype. It is one
+// large GEMM, so it uses the framework's GEMM, in row chunks to bound the fp32 temporaries.
+Tensor build_gru_table(const Tensor& embedding, const Tensor& w_ih) {
+  constexpr const char* kOp = "domino::build_gru_table";
+  check_device_supported(embedding, kOp, "embedding");
+  check_dim(embedding, 2, kOp, "embedding");
+  float_dtype(embedding, kOp, "embedding");
+  check_same_device(w_ih, embedding, kOp, "w_ih", "embedding");
+  check_dim(w_ih, 2, kOp, "w_ih");
+  check_size(w_ih, 1, embedding.size(1), kOp, "w_ih", "H, from 'embedding'");
+  DOMINO_CHECK_ARG(w_ih.size(0) % 3 == 0, kOp, "w_ih", "must have shape [3G, H], got shape ", shape_str(w_ih));
+  DOMINO_CHECK_ARG(w_ih.scalar_type() == embedding.scalar_type(), kOp, "w_ih",
+                   "must have the same dtype as 'embedding' (", embedding.scalar_type(), "), got ",
+                   w_ih.scalar_type());
+  const int64_t V = embedding.size(0);
+  Tensor table = at::empty({V, w_ih.size(0)}, embedding.options());
+  const Tensor wt = w_ih.to(at::kFloat).t();
+  constexpr int64_t kChunk = 8192;
+  for (int64_t v0 = 0; v0 < V; v0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - v0);
+    table.narrow(0, v0, n).copy_(at::mm(embedding.narrow(0, v0, n).to(at::kFloat), wt));
+  }
+  return table;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(domino, CPU, m) {
+  m.impl("domino_rollout", &domino_rollout);
+  m.impl("domino_tree_rollout", &domino_tree_rollout);
+  m.impl("build_gru_table", &build_gru_table);
+}
+#ifdef DOMINO_WITH_CUDA
+TORCH_LIBRARY_IMPL(domino, CUDA, m) {
+  m.impl("domino_rollout", &domino_rollout);
+  m.impl("domino_tree_rollout", &domino_tree_rollout);
+  m.impl("build_gru_table", &build_gru_table);
+}
+#endif
+
+}  // namespace binding
+}  // namespace domino

@@ -1,0 +1,422 @@
+"""Domino rollout ops: kernel == O(N) reference == SpecForge quadratic form (token for token),
+tree (k=1 == chain, vs reference), sampled drafting (distribution + q), shortlist, GRU table,
+mutation check, bf16 agreement, opcheck / torch.compile, bad input, CUDA == CPU."""
+import numpy as np
+import pytest
+import torch
+
+import domino_kernels as dk
+from domino_kernels import reference as ref
+from domino_kernels.reference.rollout import _correction, _gru_input, gru_cell
+
+from .conftest import requires_cuda
+from .stats import assert_matches_distribution, assert_rejects_distribution
+
+
+def make_head(B=4, S=8, H=48, G=32, E=24, V=200, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, sc=0.3: (torch.randn(*s, generator=g) * sc).to(dtype).to(device)  # noqa: E731
+    head = dk.DominoHeadWeights(r(3 * G, H), r(3 * G, G), r(E, H + G), r(V, E, sc=1.0))
+    emb, hidden, base = r(V, H, sc=1.0), r(B, S, H, sc=1.0), r(B, S, V, sc=1.0)
+    anchor = torch.randint(0, V, (B,), generator=g).to(device)
+    return head, emb, hidden, base, anchor
+
+
+def ref_args(head, emb):
+    return (*head.tensors(), emb)
+
+
+def greedy_margins(hidden, base, anchor, head, emb, **kw):
+    """log-prob gap between the best and second-best token at every step of the reference chain."""
+    _, _, rows = ref.rollout(hidden, base, anchor, *ref_args(head, emb), return_q_rows=True, **kw)
+    top2 = torch.log(rows.double().clamp_min(1e-300)).topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+@pytest.mark.parametrize("shift_label", [True, False])
+@pytest.mark.parametrize("pure_prefix_len", [0, 1, 2])
+def test_chain_matches_reference_and_quadratic(shift_label, pure_prefix_len):
+    head, emb, hidden, base, anchor = make_head(seed=pure_prefix_len + 10 * shift_label)
+    N = 8 if shift_label else 7  # the whole block: S (shift) or S - 1 proposals
+    kw = dict(num_proposals=N, shift_label=shift_label, pure_prefix_len=pure_prefix_len)
+    tokens, q, q_rows = dk.domino_rollout(hidden, base, anchor, head, emb, **kw)
+    r_tokens, r_q, _ = ref.rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
+    quad = ref.rollout_quadratic(hidden, base, anchor, *ref_args(head, emb), **kw)
+    assert (greedy_margins(hidden, base, anchor, head, emb, **kw) > 1e-4).all()  # not a tie lottery
+    assert torch.equal(r_tokens, quad), "O(N) reference != SpecForge quadratic form"
+    assert torch.equal(tokens, r_tokens)
+    torch.testing.assert_close(q, r_q, atol=2e-6, rtol=1e-5)
+    assert q_rows.numel() == 0
+
+
+def test_q_rows_are_the_draft_distribution():
+    head, emb, hidden, base, anchor = make_head(seed=3)
+    tokens, q, q_rows = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=6,
+                                          return_q_rows=True)
+    _, _, r_rows = ref.rollout(hidden, base, anchor, *ref_args(head, emb), num_proposals=6,
+                               return_q_rows=True)
+    torch.testing.assert_close(q_rows, r_rows, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(q_rows.sum(-1), torch.ones(4, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q_rows.gather(-1, tokens[..., None])[..., 0], q)
+    assert torch.equal(q_rows.argmax(-1), tokens)  # greedy: q is the T = 1 probability of the argmax
+
+
+def test_mutation_moves_the_argmax():
+    """Perturbing the winning base logit of a corrected step must move that step's token."""
+    head, emb, hidden, base, anchor = make_head(seed=4)
+    kw = dict(num_proposals=6, pure_prefix_len=1)
+    tokens, _, _ = dk.domino_rollout(hidden, base, anchor, head, emb, **kw)
+    step = 3  # a corrected proposal (i = 4 > P)
+    lowered = base.clone()
+    lowered[torch.arange(4), step, tokens[:, step]] -= 50.0
+    moved, _, _ = dk.domino_rollout(hidden, lowered, anchor, head, emb, **kw)
+    assert torch.equal(moved[:, :step], tokens[:, :step])
+    assert (moved[:, step] != tokens[:, step]).all()
+    raised = base.clone()
+    target = (tokens[:, step] + 17) % base.shape[-1]
+    raised[torch.arange(4), step, target] += 50.0
+    forced, _, _ = dk.domino_rollout(hidden, raised, anchor, head, emb, **kw)
+    assert torch.equal(forced[:, step], target)
+
+
+def test_gru_table_path_and_builder():
+    head, emb, hidden, base, anchor = make_head(seed=5)
+    table = dk.build_gru_table(emb, head.w_ih)
+    torch.testing.assert_close(table, emb @ head.w_ih.T, atol=1e-5, rtol=1e-5)
+    a = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8)
+    b = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, gru_table=table)
+    r = ref.rollout(hidden, base, anchor, *ref_args(head, emb), table, num_proposals=8)
+    assert torch.equal(a[0], b[0]) and torch.equal(b[0], r[0])
+    torch.testing.assert_close(a[1], b[1], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shift_label,pure_prefix_len", [(True, 0), (True, 1), (False, 2)])
+def test_tree_topk1_equals_chain(shift_label, pure_prefix_len):
+    head, emb, hidden, base, anchor = make_head(seed=6)
+    N = 7
+    chain, cq, _ = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=N,
+                                     shift_label=shift_label, pure_prefix_len=pure_prefix_len)
+    tokens, parents, q, num = dk.domino_tree_rollout(
+        hidden, base, anchor, head, emb, topk=1, depth=N, budget=N, shift_label=shift_label,
+        pure_prefix_len=pure_prefix_len)
+    assert torch.equal(tokens[:, 0], anchor) and torch.equal(tokens[:, 1:], chain)
+    assert torch.equal(parents, torch.arange(-1, N).expand(4, N + 1))
+    assert torch.equal(num, torch.full((4,), N + 1))
+    torch.testing.assert_close(q[:, 1:], cq)
+
+
+@pytest.mark.parametrize("topk,depth,budget", [(2, 5, 40), (3, 6, 10), (4, 3, 100), (8, 2, 9)])
+def test_tree_matches_reference(topk, depth, budget):
+    head, emb, hidden, base, anchor = make_head(seed=7 + topk)
+    kw = dict(topk=topk, depth=depth, budget=budget, pure_prefix_len=1)
+    out = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
+    r = ref.tree_rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
+    for got, want in zip(out, r):
+        if got.dtype == torch.float32:
+            torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+        else:
+            assert torch.equal(got, want)
+    tokens, parents, q, num = out
+    for b in range(4):  # the verification layout
+        n = int(num[b])
+        assert parents[b, 0] == -1 and (parents[b, 1:n] < torch.arange(1, n)).all()
+        assert (parents[b, 1:n] >= 0).all() and (tokens[b, n:] == -1).all()
+        assert (parents[b, n:] == -1).all() and (q[b, n:] == 0).all()
+        assert n == min(budget + 1, sum(topk ** d for d in range(depth + 1)))
+
+
+def test_sampled_chain_and_tree_match_reference():
+    head, emb, hidden, base, anchor = make_head(seed=8)
+    temp = torch.tensor([0.7, 1.0, 0.0, 2.5])  # row 2 greedy
+    seed, offset = torch.tensor([1, 2, 3, 4]) * 1000003, torch.tensor([0, 5, 9, 2])
+    s = dict(temperature=temp, seed=seed, offset=offset)
+    out = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, return_q_rows=True, **s)
+    r = ref.rollout(hidden, base, anchor, *ref_args(head, emb), num_proposals=8, return_q_rows=True, **s)
+    assert torch.equal(out[0], r[0])
+    torch.testing.assert_close(out[1], r[1], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(out[2], r[2], atol=2e-6, rtol=1e-5)
+    kw = dict(topk=3, depth=5, budget=30, **s)
+    t = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
+    rt = ref.tree_rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
+    assert torch.equal(t[0], rt[0]) and torch.equal(t[1], rt[1]) and torch.equal(t[3], rt[3])
+    # a different offset draws different tokens
+    other = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, temperature=temp,
+                              seed=seed, offset=offset + 1)
+    assert not torch.equal(other[0][[0, 1, 3]], out[0][[0, 1, 3]])
+
+
+def _tiny_sampling_setup(V):
+    head, emb, hidden, base, anchor = make_head(B=1, S=4, H=16, G=8, E=8, V=V, seed=9)
+    base = base * 1.5
+    return head, emb, hidden, base, anchor
+
+
+def test_sampled_chain_distribution_and_q():
+    """y1 ~ softmax(base_1 / T), y2 | y1 ~ softmax((base_2 + correction(h(anchor, y1))) / T)."""
+    V, n, T = 6, 120_000, 0.9
+    head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
+    e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
+    tokens, q, _ = dk.domino_rollout(e(hidden), e(base), e(anchor), head, emb, num_proposals=2,
+                                     pure_prefix_len=1, temperature=T,
+                                     seed=torch.arange(n) * 7 + 1, offset=0)
+    w_ih, w_hh, w1, w2 = head.tensors()
+    h = gru_cell(_gru_input(int(anchor[0]), emb, w_ih, None), torch.zeros(8), w_hh)
+    p1 = torch.softmax(base[0, 0].double() / T, 0)
+    joint = np.zeros((V, V))
+    for y1 in range(V):
+        h2 = gru_cell(_gru_input(y1, emb, w_ih, None), h, w_hh)
+        p2 = torch.softmax((base[0, 1] + _correction(w1, w2, hidden[0, 1], h2)).double() / T, 0)
+        joint[y1] = (p1[y1] * p2).numpy()
+        sel = tokens[:, 0] == y1
+        torch.testing.assert_close(q[sel, 1].double(), p2[tokens[sel, 1]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q[:, 0].double(), p1[tokens[:, 0]], atol=1e-6, rtol=1e-5)
+    counts = np.bincount((tokens[:, 0] * V + tokens[:, 1]).numpy(), minlength=V * V)
+    assert_matches_distribution(counts, joint.ravel(), what="chain (y1, y2)")
+    assert_rejects_distribution(counts, np.outer(p1.numpy(), np.full(V, 1.0 / V)).ravel())
+
+
+def test_sampled_tree_children_are_without_replacement():
+    """Gumbel top-2 of the root: P(c1 = a, c2 = b) = p_a p_b / (1 - p_a)."""
+    V, n, T = 6, 100_000, 1.2
+    head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
+    e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
+    tokens, parents, q, num = dk.domino_tree_rollout(
+        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=1, budget=2, pure_prefix_len=1,
+        temperature=T, seed=torch.arange(n) + 99, offset=3)
+    assert (num == 3).all() and (parents[:, 1:] == 0).all()
+    p = torch.softmax(base[0, 0].double() / T, 0).numpy()
+    # children are numbered by rank: node 1 holds the larger key (the first draw)
+    expected = np.array([[p[a] * p[b] / (1 - p[a]) if a != b else 0.0 for b in range(V)] for a in range(V)])
+    counts = np.bincount((tokens[:, 1] * V + tokens[:, 2]).numpy(), minlength=V * V)
+    assert_matches_distribution(counts, expected.ravel(), what="tree root top-2")
+    torch.testing.assert_close(q[:, 1].double(), torch.tensor(p)[tokens[:, 1]], atol=1e-6, rtol=1e-5)
+
+
+def test_shortlist_candidates():
+    head, emb, hidden, base, anchor = make_head(seed=11)
+    kw = dict(num_proposals=8, return_q_rows=True)
+    for K in (16, 50):
+        out = dk.domino_rollout(hidden, base, anchor, head, emb, candidates=K, **kw)
+        r = ref.rollout(hidden, base, anchor, *ref_args(head, emb), candidates=K, **kw)
+        assert torch.equal(out[0], r[0])
+        torch.testing.assert_close(out[2], r[2], atol=2e-6, rtol=1e-5)
+        cand = ref.rollout.__globals__["shortlist"](base, 8, 1, K)
+        for b in range(4):  # corrected proposals only draft from the shortlist
+            assert torch.isin(out[0][b, 1:], cand[b]).all()
+    exact = dk.domino_rollout(hidden, base, anchor, head.tensors(), emb, num_proposals=8)  # tuple form
+    full = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, candidates=200)
+    assert torch.equal(exact[0], full[0])
+
+
+def test_bf16_agrees_within_tie_tolerance():
+    """bf16 weights: the kernel accumulates in fp32 like the fp32 reference on the same (bf16)
+    values; tokens agree up to the first step whose top-2 margin is below 1e-3 (documented)."""
+    head, emb, hidden, base, anchor = make_head(seed=12, dtype=torch.bfloat16)
+    kw = dict(num_proposals=8, pure_prefix_len=1)
+    tokens, q, _ = dk.domino_rollout(hidden, base, anchor, head, emb, **kw)
+    r_tokens, r_q, _ = ref.rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
+    margins = greedy_margins(hidden, base, anchor, head, emb, **kw)
+    for b in range(4):
+        for i in range(8):
+            if margins[b, i] < 1e-3:
+                break
+            assert tokens[b, i] == r_tokens[b, i]
+    assert (margins > 1e-3).float().mean() > 0.9  # the check above is not vacuous
+    assert torch.equal(tokens, r_tokens)
+
+
+def test_nan_and_dead_rows():
+    head, emb, hidden, base, anchor = make_head(seed=13)
+    tokens, _, _ = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=4, pure_prefix_len=1)
+    bad = base.clone()
+    bad[0, 0, tokens[0, 0]] = float("nan")  # a NaN never wins
+    t2, _, _ = dk.domino_rollout(hidden, bad, anchor, head, emb, num_proposals=4, pure_prefix_len=1)
+    assert t2[0, 0] != tokens[0, 0] and torch.equal(t2[1:], tokens[1:])
+    bad[1, 1] = -float("inf")  # no valid score: token -1, q 0, the request stops
+    t3, q3, _ = dk.domino_rollout(hidden, bad, anchor, head, emb, num_proposals=4, pure_prefix_len=2)
+    assert (t3[1, 1:] == -1).all() and (q3[1, 1:] == 0).all() and (t3[1, 0] >= 0)
+
+
+def test_opcheck_and_compile():
+    head, emb, hidden, base, anchor = make_head(B=2, seed=14)
+    table = dk.build_gru_table(emb, head.w_ih)
+    temp, seed, off = torch.tensor([0.0, 0.8]), torch.tensor([1, 2]), torch.tensor([0, 0])
+    torch.library.opcheck(torch.ops.domino.domino_rollout.default,
+                          (hidden, base, anchor, *head.tensors(), emb, table, 5, True, 1, temp,
+                           seed, off, True, 0))
+    torch.library.opcheck(torch.ops.domino.domino_tree_rollout.default,
+                          (hidden, base, anchor, *head.tensors(), emb, None, True, 1, 2, 3, 6,
+                           temp, seed, off))
+    torch.library.opcheck(torch.ops.domino.build_gru_table.default, (emb, head.w_ih))
+
+    def f(hidden, base, anchor):
+        t, q, _ = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=5)
+        tt, p, tq, n = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=2, depth=3, budget=6)
+        return t, q, tt, p, n
+
+    compiled = torch.compile(f, fullgraph=True)
+    for a, b in zip(compiled(hidden, base, anchor), f(hidden, base, anchor)):
+        assert torch.equal(a, b)
+
+
+def test_bad_input_names_the_argument():
+    head, emb, hidden, base, anchor = make_head(B=2)
+    w_ih, w_hh, w1, w2 = head.tensors()
+    op = torch.ops.domino.domino_rollout
+
+    def call(**over):
+        a = dict(hidden=hidden, base_logits=base, anchor=anchor, w_ih=w_ih, w_hh=w_hh, w1=w1, w2=w2,
+                 embedding=emb, gru_table=None, num_proposals=5, shift_label=True,
+                 pure_prefix_len=1, temperature=None, seed=None, offset=None,
+                 return_q_rows=False, candidates=0)
+        a.update(over)
+        return op(*a.values())
+
+    cases = [
+        (dict(w_ih=w_ih[:, :-1]), "w_ih"),                      # H mismatch
+        (dict(w_hh=w_hh[:, :-1].contiguous()), "w_hh"),         # G mismatch
+        (dict(w1=w1[:, :-2].contiguous()), "w1"),               # H + G mismatch
+        (dict(w2=w2[:, :-1].contiguous()), "w2"),               # E mismatch
+        (dict(embedding=emb[:-1]), "embedding"),                # V mismatch
+        (dict(base_logits=base[..., :-1]), "base_logits"),      # V mismatch
+        (dict(gru_table=torch.zeros(200, 10)), "gru_table"),
+        (dict(anchor=torch.tensor([0, 200])), "anchor"),        # outside [0, V)
+        (dict(anchor=torch.tensor([0, -1])), "anchor"),
+        (dict(anchor=anchor.int()), "anchor"),
+        (dict(num_proposals=9), "num_proposals"),               # larger than the block
+        (dict(num_proposals=8, shift_label=False), "num_proposals"),
+        (dict(num_proposals=0), "num_proposals"),
+        (dict(w2=w2.half()), "w2"),                             # dtype
+        (dict(hidden=hidden.double()), "hidden"),
+        (dict(temperature=torch.tensor([0.5, 0.5])), "seed"),
+        (dict(temperature=torch.tensor([-1.0, 0.5]), seed=torch.tensor([1, 2]),
+              offset=torch.tensor([0, 0])), "temperature"),
+        (dict(pure_prefix_len=-1), "pure_prefix_len"),
+        (dict(candidates=-3), "candidates"),
+    ]
+    for over, name in cases:
+        with pytest.raises(ValueError, match=f"argument '{name}'"):
+            call(**over)
+    with pytest.raises(ValueError, match="argument 'topk'"):
+        torch.ops.domino.domino_tree_rollout(hidden, base, anchor, w_ih, w_hh, w1, w2, emb, None,
+                                             True, 1, 9, 3, 10, None, None, None)
+    with pytest.raises(ValueError, match="argument 'budget'"):
+        torch.ops.domino.domino_tree_rollout(hidden, base, anchor, w_ih, w_hh, w1, w2, emb, None,
+                                             True, 1, 2, 3, 0, None, None, None)
+
+
+# ---------------------------------------------------------------- CUDA == CPU (needs a GPU)
+def _to(head, emb, hidden, base, anchor, device):
+    return (dk.DominoHeadWeights(*(t.to(device) for t in head.tensors())), emb.to(device),
+            hidden.to(device), base.to(device), anchor.to(device))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 5, 33])
+def test_cuda_chain_equals_cpu(dtype, B):
+    cpu = make_head(B=B, S=16, H=64, G=32, E=32, V=3001, seed=20 + B, dtype=dtype)
+    gpu = _to(*cpu, "cuda")
+    kw = dict(num_proposals=15, pure_prefix_len=1, return_q_rows=True)
+    c = dk.domino_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], **kw)
+    g = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], **kw)
+    margins = greedy_margins(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], num_proposals=15, pure_prefix_len=1)
+    ok = (margins > 1e-3).all(dim=1)  # rows without near-ties must agree bit for bit
+    assert ok.float().mean() > 0.8
+    assert torch.equal(g[0].cpu()[ok], c[0][ok])
+    torch.testing.assert_close(g[1].cpu()[ok], c[1][ok], atol=1e-5, rtol=1e-4)
+    table = dk.build_gru_table(gpu[1], gpu[0].w_ih)
+    gt = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], gru_table=table, **kw)
+    assert torch.equal(gt[0].cpu()[ok], c[0][ok])
+
+
+@requires_cuda
+def test_cuda_sampled_tree_and_shortlist_equal_cpu():
+    cpu = make_head(B=6, S=16, H=64, G=32, E=32, V=2000, seed=31)
+    gpu = _to(*cpu, "cuda")
+    s = dict(temperature=torch.tensor([0.0, 0.5, 1.0, 1.5, 0.8, 0.0]), seed=torch.arange(6) + 3, offset=1)
+    sg = dict(temperature=s["temperature"].cuda(), seed=s["seed"].cuda(), offset=1)
+    c = dk.domino_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], num_proposals=10, **s)
+    g = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], num_proposals=10, **sg)
+    assert torch.equal(g[0].cpu(), c[0])
+    for kw in (dict(topk=1, depth=10, budget=10), dict(topk=3, depth=4, budget=25)):
+        ct = dk.domino_tree_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], **kw, **s)
+        gt = dk.domino_tree_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], **kw, **sg)
+        for a, b in zip(gt, ct):
+            if a.dtype == torch.float32:
+                torch.testing.assert_close(a.cpu(), b, atol=1e-5, rtol=1e-4)
+            else:
+                assert torch.equal(a.cpu(), b)
+    c = dk.domino_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], num_proposals=10, candidates=64)
+    g = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], num_proposals=10, candidates=64)
+    assert torch.equal(g[0].cpu(), c[0])
+
+
+@requires_cuda
+def test_cuda_bad_device_ids_are_defined():
+    cpu = make_head(B=3, seed=32)
+    gpu = _to(*cpu, "cuda")
+    anchor = torch.tensor([5, -7, 10**9], device="cuda")  # not read on the host: zero GRU input
+    t, q, _ = dk.domino_rollout(gpu[2], gpu[3], anchor, gpu[0], gpu[1], num_proposals=5)
+    torch.cuda.synchronize()
+    assert ((t >= 0) & (t < 200)).all()
+
+
+@requires_cuda
+def test_cuda_device_mismatch_and_graph_capture():
+    cpu = make_head(B=4, S=16, H=64, G=32, E=32, V=1000, seed=33)
+    gpu = _to(*cpu, "cuda")
+    head, emb, hidden, base, anchor = gpu
+    with pytest.raises(ValueError, match="argument 'w2'"):
+        torch.ops.domino.domino_rollout(hidden, base, anchor, head.w_ih, head.w_hh, head.w1,
+                                        head.w2.cpu(), emb, None, 8, True, 1, None, None, None,
+                                        False, 0)
+    temp = torch.full((4,), 0.7, device="cuda")
+    seed = torch.arange(4, device="cuda")
+    offset = torch.zeros(4, dtype=torch.int64, device="cuda")
+    run = lambda: dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8,  # noqa: E731
+                                    temperature=temp, seed=seed, offset=offset)
+    eager = run()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()  # warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured[0], eager[0])
+    offset += 1  # the graph reads seeds/offsets from device memory: new draws, no recapture
+    graph.replay()
+    torch.cuda.synchronize()
+    fresh = run()
+    assert torch.equal(captured[0], fresh[0])
+
+
+def test_portable_cpu_path_matches_reference():
+    """The non-AVX-512 code path (forced by DOMINO_DISABLE_AVX512=1 in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, domino_kernels as dk\n"
+        "from domino_kernels import reference as ref\n"
+        "from tests.test_rollout import make_head\n"
+        "head, emb, hidden, base, anchor = make_head(seed=21)\n"
+        "s = dict(temperature=torch.tensor([0.0, 0.9, 1.3, 0.0]), seed=torch.arange(4), offset=torch.zeros(4, dtype=torch.int64))\n"
+        "for kw in (dict(), s):\n"
+        "    out = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, return_q_rows=True, **kw)\n"
+        "    r = ref.rollout(hidden, base, anchor, *head.tensors(), emb, num_proposals=8, return_q_rows=True, **kw)\n"
+        "    assert torch.equal(out[0], r[0]), (out[0], r[0])\n"
+        "    torch.testing.assert_close(out[2], r[2], atol=2e-6, rtol=1e-5)\n"
+        "t = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=3, depth=4, budget=20)\n"
+        "rt = ref.tree_rollout(hidden, base, anchor, *head.tensors(), emb, topk=3, depth=4, budget=20)\n"
+        "assert torch.equal(t[0], rt[0]) and torch.equal(t[1], rt[1])\n"
+        "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DOMINO_DISABLE_AVX512="1", PYTHONPATH=root)
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
