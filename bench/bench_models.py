@@ -10,6 +10,7 @@ exits non-zero otherwise).
 
     python -m bench.bench_models [--root domino_kernels/assets/default] [--prompts 8]
                                  [--max-new-tokens 128] [--tree-topk 2 --tree-budget 16]
+                                 [--device cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
 
@@ -71,8 +72,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tree-budget", type=int, default=16)
     ap.add_argument("--temperatures", default="0,1")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 by default: on a shared 2-core machine a second OpenMP thread mostly spin-waits")
     ap.add_argument("--dtype", default="float32", help="weights are shipped in bf16; compute dtype")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
 
     root = os.path.abspath(args.root)
     dtype = parse_dtype(args.dtype)
-    target = load_qwen3(os.path.join(root, "target"), dtype=dtype)
+    target = load_qwen3(os.path.join(root, "target"), dtype=dtype, device=args.device)
     drafts = {k: load_draft(os.path.join(root, f"draft-{k}"), target, dtype=dtype) for k in ("domino", "dflash")}
     prompts = heldout_prompts(os.path.join(root, "target", "tokenizer.json"), args.prompts, args.prompt_len)
     # warm-up (first-call allocations, lazy imports) outside the timed runs
@@ -109,14 +112,14 @@ def main(argv=None) -> int:
                          "greedy_equal": same})
             print(f"T={temp} {name} {drafting}: tau {r['tau']:.2f}, {r['tokens_per_s']:.0f} tok/s", file=sys.stderr)
     cols = ["T", "drafter", "drafting", "tau", "tok_per_s", "speedup", "greedy_equal"]
-    print(f"{len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, batch 1, "
+    print(f"{len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, batch 1, {args.device}, "
           f"{args.dtype}, {torch.get_num_threads()} threads; tree: top-{args.tree_topk}, "
           f"{args.tree_budget} nodes")
     print_table(rows, cols)
     path = write_results("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
                                           "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                                           "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
-                                          "dtype": args.dtype})
+                                          "dtype": args.dtype}, device=args.device)
     print(f"wrote {path}")
     if not ok:
         print("ERROR: a greedy speculative output differs from target-only decoding", file=sys.stderr)
