@@ -15,6 +15,16 @@ import sys
 import time
 
 
+def _set_threads(args, hidden_size: int) -> None:
+    """CPU intra-op threads. Default: 1 for small models (H <= 1024), whose matmuls are too small
+    to share: a second OpenMP thread mostly spin-waits, and on a busy machine that costs 2-100x."""
+    import torch
+
+    if args.device == "cpu":
+        n = args.threads if args.threads else (1 if hidden_size <= 1024 else torch.get_num_threads())
+        torch.set_num_threads(n)
+
+
 def _load(args):
     import torch
 
@@ -26,6 +36,7 @@ def _load(args):
         raise SystemExit("error: --device cuda but no CUDA GPU is available")
     dtype = parse_dtype(args.dtype) if args.dtype else None
     target = load_qwen3(args.target, dtype=dtype, device=args.device)
+    _set_threads(args, target.cfg.hidden_size)
     draft = None if args.no_draft else load_draft(args.draft, target)
     return target, draft
 
@@ -129,6 +140,7 @@ def run_demo(args) -> int:
         note = (f"a tiny random Qwen3 target + Domino draft under {args.cache_dir} (until the trained "
                 f"pair ships; a random draft is rarely right, so expect tau near 1)")
     target = load_qwen3(target_dir, device=args.device)
+    _set_threads(args, target.cfg.hidden_size)
     draft = load_draft(draft_dir, target)
     tok = load_tokenizer(target_dir)
     prompt = tok.encode(args.prompt) if tok is not None else list(range(1, 17))
@@ -167,6 +179,8 @@ def main(argv=None) -> int:
     g.add_argument("--tree-budget", type=int, default=0, help="drafted tree nodes (tree drafting)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the config's)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: 1 for small models, else torch's default)")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.add_argument("--trace", action="store_true", help="record each step's draft and acceptance")
     g.set_defaults(func=run_generate)
@@ -176,6 +190,8 @@ def main(argv=None) -> int:
     d.add_argument("--max-new-tokens", type=int, default=64)
     d.add_argument("--prompt", default="The quick brown fox", help="used when the pair has a tokenizer")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    d.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (default: 1 for small models, else torch's default)")
     d.set_defaults(func=run_demo)
     args = ap.parse_args(argv)
     return args.func(args)
