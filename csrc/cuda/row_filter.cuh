@@ -25,6 +25,44 @@ __device__ __forceinline__ float scaled_logit(const T* row, int64_t v, float inv
   return det::mul(to_float(row[v]), inv_temperature);
 }
 
+// Pass 1 over a row: is it valid (no NaN or +inf, some logit > -inf), and then, for greedy, the
+// argmax of the raw logits (ties to the lowest index), else the max of the scaled logits (a row
+// whose max overflows is invalid). Every thread gets the result.
+struct RowScan {
+  bool ok;
+  int32_t argmax;    // greedy only
+  float max_scaled;  // sampling only
+};
+
+template <typename T>
+__device__ RowScan block_row_scan(const T* row, int64_t n, bool greedy, float inv_temperature,
+                                  ArgMax* red_argmax, uint32_t* red_u32) {
+  int bad = 0, any = 0;
+  ArgMax best{-det::kInf, -1};
+  uint32_t max_key = 0;
+  for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
+    const float l = to_float(row[v]);
+    bad |= det::is_nan(l) || l == det::kInf;
+    any |= l > -det::kInf;
+    if (greedy) {
+      if (l > best.key) best = ArgMax{l, int32_t(v)};  // strided loop: first hit is lowest
+    } else {
+      max_key = max(max_key, det::ordered_key(det::mul(l, inv_temperature)));
+    }
+  }
+  bad = __syncthreads_or(bad);
+  any = __syncthreads_or(any);
+  RowScan r{!bad && any, -1, 0.0f};
+  if (!r.ok) return r;
+  if (greedy) {
+    r.argmax = block_argmax(best, red_argmax).idx;
+  } else {
+    r.max_scaled = det::key_to_float(block_max_u32(max_key, red_u32));
+    r.ok = det::is_finite(r.max_scaled);
+  }
+  return r;
+}
+
 // MSB-first radix select of the k-th largest ordered key of the scaled row.
 template <typename T>
 __device__ uint32_t block_kth_largest_key(const T* row, int64_t n, float inv_temperature,

@@ -49,36 +49,13 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   const int64_t n = p.vocab;
 
   // Pass 1: validity, and the max (greedy: argmax of raw logits; else max of scaled logits).
-  int bad = 0, any = 0;
-  cuda::ArgMax best{-det::kInf, -1};
-  uint32_t max_key = 0;
-  for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-    const float l = to_float(row[v]);
-    bad |= det::is_nan(l) || l == det::kInf;
-    any |= l > -det::kInf;
-    if (rp.greedy) {
-      if (l > best.key) best = cuda::ArgMax{l, int32_t(v)};  // strided loop: first hit is lowest
-    } else {
-      max_key = max(max_key, det::ordered_key(det::mul(l, rp.inv_temperature)));
-    }
-  }
-  bad = __syncthreads_or(bad);
-  any = __syncthreads_or(any);
-  if (bad || !any) {
-    if (threadIdx.x == 0) p.out[b] = -1;
+  const cuda::RowScan scan =
+      cuda::block_row_scan(row, n, rp.greedy, rp.inv_temperature, red_argmax, red_u32);
+  if (!scan.ok || rp.greedy) {
+    if (threadIdx.x == 0) p.out[b] = scan.ok ? scan.argmax : -1;
     return;
   }
-  if (rp.greedy) {
-    best = cuda::block_argmax(best, red_argmax);
-    if (threadIdx.x == 0) p.out[b] = best.idx;
-    return;
-  }
-  max_key = cuda::block_max_u32(max_key, red_u32);
-  const float m = det::key_to_float(max_key);
-  if (!det::is_finite(m)) {
-    if (threadIdx.x == 0) p.out[b] = -1;
-    return;
-  }
+  const float m = scan.max_scaled;
 
   const uint32_t floor_key =
       cuda::block_filter_floor(row, n, rp.inv_temperature, m, rp.top_k, rp.top_p, filter_smem);

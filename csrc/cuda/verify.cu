@@ -174,30 +174,14 @@ struct CudaRow {
       W = p->workspace[2 * rows + i];
       return true;
     }
-    int bad = 0, any = 0;
-    cuda::ArgMax am{-det::kInf, -1};
-    uint32_t max_key = 0;
-    for (int64_t v = threadIdx.x; v < n; v += blockDim.x) {
-      const float l = to_float(row[v]);
-      bad |= det::is_nan(l) || l == det::kInf;
-      any |= l > -det::kInf;
-      if (greedy) {
-        if (l > am.key) am = cuda::ArgMax{l, int32_t(v)};  // strided loop: first hit is lowest
-      } else {
-        max_key = max(max_key, det::ordered_key(det::mul(l, inv_temperature)));
-      }
-    }
-    bad = __syncthreads_or(bad);
-    any = __syncthreads_or(any);
-    if (bad || !any) return false;
+    const cuda::RowScan scan =
+        cuda::block_row_scan(row, n, greedy, inv_temperature, sm->red_argmax, sm->red_u32);
+    if (!scan.ok) return false;
     if (greedy) {
-      am = cuda::block_argmax(am, sm->red_argmax);
-      best = am.idx;
+      best = scan.argmax;
       return best >= 0;
     }
-    max_key = cuda::block_max_u32(max_key, sm->red_u32);
-    m = det::key_to_float(max_key);
-    if (!det::is_finite(m)) return false;
+    m = scan.max_scaled;
     floor_key = cuda::block_filter_floor(row, n, inv_temperature, m, top_k, top_p, sm->filter);
     unsigned long long t = 0;
     for (int64_t v = threadIdx.x; v < n; v += blockDim.x) t += mass(v);
