@@ -55,6 +55,42 @@ struct Tile {
       size_t(kRows) * kDMax + size_t(kKeyBlock) * kKStride + size_t(kKeyBlock) * kDMax;
 };
 
+// The work of one CTA: which request and row tile (tiles are numbered request after request,
+// `rows_per_tile` rows of (new token x group head) each), which KV head (blockIdx.y), and which
+// slice [k_lo, k_hi) of the visible keys (key split blockIdx.z, aligned to `key_block`).
+// b = -1 when the CTA has no tile (the grid is an upper bound).
+struct TileWork {
+  int64_t b, kvh, split, r0, r1, k_lo, k_hi;
+  RequestSpan span;
+};
+
+__device__ __forceinline__ TileWork locate_tile(const AttentionParams& p, int64_t G,
+                                                int64_t rows_per_tile, int64_t key_block,
+                                                int64_t num_splits) {
+  int64_t x = blockIdx.x, b = 0;
+  RequestSpan span{0, 0, 0};
+  for (; b < p.batch; ++b) {
+    span = request_span(p.kv_lens, p.q_cu_lens, p.total_q, b);
+    const int64_t tiles = (span.n_new * G + rows_per_tile - 1) / rows_per_tile;
+    if (x < tiles) break;
+    x -= tiles;
+  }
+  TileWork w{-1, 0, 0, 0, 0, 0, 0, span};
+  if (b >= p.batch) return w;
+  w.b = b;
+  w.kvh = blockIdx.y;
+  w.split = blockIdx.z;
+  w.r0 = x * rows_per_tile;
+  w.r1 = imin(span.n_new * G, w.r0 + rows_per_tile);
+  const int64_t capacity = p.kv.max_pages * p.kv.page_size;
+  const int64_t key_end = imin(capacity, key_end_for_token(p.mask_mode, span, (w.r1 - 1) / G));
+  const int64_t chunk =
+      ((key_end + num_splits - 1) / num_splits + key_block - 1) / key_block * key_block;
+  w.k_lo = imin(key_end, w.split * chunk);
+  w.k_hi = imin(key_end, (w.split + 1) * chunk);
+  return w;
+}
+
 template <typename T, int DPL, int RPW>
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(AttentionParams p, int64_t num_splits, float* ws_out, float* ws_lse) {
@@ -70,23 +106,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t Hq = p.num_q_heads, D = p.head_dim;
   const int64_t G = Hq / p.kv.num_kv_heads;
 
-  // Which request and row tile this CTA serves (tiles are numbered request after request).
-  int64_t x = blockIdx.x, b = 0;
-  RequestSpan span{0, 0, 0};
-  for (; b < p.batch; ++b) {
-    span = request_span(p.kv_lens, p.q_cu_lens, p.total_q, b);
-    const int64_t tiles = (span.n_new * G + kRows - 1) / kRows;
-    if (x < tiles) break;
-    x -= tiles;
-  }
-  if (b >= p.batch) return;  // the grid is an upper bound on the number of tiles
-  const int64_t kvh = blockIdx.y, split = blockIdx.z;
-  const int64_t r0 = x * kRows, r1 = imin(span.n_new * G, r0 + kRows);
-  const int64_t capacity = p.kv.max_pages * p.kv.page_size;
-  const int64_t key_end = imin(capacity, key_end_for_token(p.mask_mode, span, (r1 - 1) / G));
-  const int64_t chunk =
-      ((key_end + num_splits - 1) / num_splits + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
-  const int64_t k_lo = imin(key_end, split * chunk), k_hi = imin(key_end, (split + 1) * chunk);
+  const TileWork w = locate_tile(p, G, kRows, kKeyBlock, num_splits);
+  if (w.b < 0) return;  // the grid is an upper bound on the number of tiles
+  const int64_t b = w.b, kvh = w.kvh, r0 = w.r0, r1 = w.r1, k_lo = w.k_lo, k_hi = w.k_hi;
+  const RequestSpan span = w.span;
 
   // Query rows of the tile, pre-scaled, zero-padded to kDMax (and zero for rows past the tile).
   const T* q = static_cast<const T*>(p.q);
@@ -207,7 +230,7 @@ __global__ void __launch_bounds__(kThreads)
     const float inv = l[k] > 0.0f ? 1.0f / l[k] : 0.0f;
     const float lse = l[k] > 0.0f ? m[k] + logf(l[k]) : kNegInf;
     if (num_splits > 1) {
-      const int64_t slot = split * p.total_q * Hq + row;
+      const int64_t slot = w.split * p.total_q * Hq + row;
 #pragma unroll
       for (int dd = 0; dd < DPL; ++dd) {
         const int64_t d = lane + 32 * dd;
@@ -361,22 +384,10 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int64_t Hq = p.num_q_heads;
   const int64_t G = Hq / p.kv.num_kv_heads;
 
-  int64_t x = blockIdx.x, b = 0;
-  RequestSpan span{0, 0, 0};
-  for (; b < p.batch; ++b) {
-    span = request_span(p.kv_lens, p.q_cu_lens, p.total_q, b);
-    const int64_t tiles = (span.n_new * G + kMmaRows - 1) / kMmaRows;
-    if (x < tiles) break;
-    x -= tiles;
-  }
-  if (b >= p.batch) return;
-  const int64_t kvh = blockIdx.y, split = blockIdx.z;
-  const int64_t r0 = x * kMmaRows, r1 = imin(span.n_new * G, r0 + kMmaRows);
-  const int64_t capacity = p.kv.max_pages * p.kv.page_size;
-  const int64_t key_end = imin(capacity, key_end_for_token(p.mask_mode, span, (r1 - 1) / G));
-  const int64_t chunk =
-      ((key_end + num_splits - 1) / num_splits + kMmaKeys - 1) / kMmaKeys * kMmaKeys;
-  const int64_t k_lo = imin(key_end, split * chunk), k_hi = imin(key_end, (split + 1) * chunk);
+  const TileWork w = locate_tile(p, G, kMmaRows, kMmaKeys, num_splits);
+  if (w.b < 0) return;  // the grid is an upper bound on the number of tiles
+  const int64_t b = w.b, kvh = w.kvh, r0 = w.r0, r1 = w.r1, k_lo = w.k_lo, k_hi = w.k_hi;
+  const RequestSpan span = w.span;
 
   // Query tile -> shared (raw 16-bit values) -> A fragments in registers for the whole CTA life.
   const uint16_t* q = static_cast<const uint16_t*>(p.q);
@@ -537,7 +548,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
     const float lse = l[h] > 0.0f ? m[h] + logf(l[h]) : kNegInf;
     if (num_splits > 1) {
-      const int64_t slot = split * p.total_q * Hq + row;
+      const int64_t slot = w.split * p.total_q * Hq + row;
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
         ws_out[slot * D + dt * 8 + 2 * t] = o[dt][2 * h] * inv;
