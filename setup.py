@@ -45,7 +45,9 @@ with_cuda = want_cuda()
 # framework-free core is C++17 and compiles as either.
 # -fno-trapping-math only lets gcc if-convert and vectorise branch-free float loops (the row
 # filter); it changes no IEEE result, so CPU decisions stay bit-identical to CUDA's.
-cxx_flags = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden",
+# -fopenmp: at::parallel_for is an inline OpenMP loop that runs serially unless the extension
+# itself is compiled with OpenMP; linking libgomp.so.1 binds to the copy torch already loaded.
+cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fvisibility=hidden",
              f'-DDOMINO_TORCH_VERSION="{torch.__version__}"']
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
               "--threads", os.environ.get("NVCC_THREADS", "2")]
@@ -63,6 +65,7 @@ ext = Extension(
     sources=srcs,
     include_dirs=[os.path.join(ROOT, "csrc", "include")],
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
+    extra_link_args=["-fopenmp"],
 )
 
 setup(
