@@ -100,49 +100,9 @@ struct FilteredRow {
 // Scales the row by inv_temperature (= det::div(1, T), rounded once), finds the max, applies
 // top-k (0 < top_k < n) and top-p (top_p < 1). Fills s.scaled, s.keys, s.expo; with `want_mass`
 // s.mass[v] is the fixed-point mass of each kept token and 0 for the others.
-// Below kNoMass the fixed-point mass is exactly 0 (exp(-28) * 2^40 = 0.76 truncates to 0, and
-// det::exp is monotone to 1 ulp), so exp is skipped there: identical results, and most of a
-// real LLM vocabulary lies that far below the max.
-constexpr float kNoMass = -28.0f;
-
-// exp(sc) for a centred scaled logit sc <= 0, or 0 where its fixed-point mass is 0 anyway.
-inline float kept_exp(float sc) {
-  const float e = exp_nonpositive(sc >= kNoMass ? sc : kNoMass);
-  return sc >= kNoMass ? e : 0.0f;
-}
-
-// filter_row without top-k and top-p, when only the masses are wanted: two passes that read the
-// row and write nothing but s.mass (no scaled/keys/expo arrays). Same results as filter_row.
-template <typename T>
-FilteredRow mass_row_unfiltered(const T* row, int64_t n, float inv_temperature, RowScratch& s) {
-  FilteredRow r;
-  uint32_t max_key = 0;
-  int bad = 0, any = 0;
-  for (int64_t v = 0; v < n; ++v) {  // branch-free so that it vectorises
-    const float l = to_float(row[v]);
-    bad |= (l != l) | (l == det::kInf);
-    any |= l > -det::kInf;
-    const uint32_t k = det::ordered_key(det::mul(l, inv_temperature));
-    max_key = k > max_key ? k : max_key;
-  }
-  r.m = det::key_to_float(max_key);
-  if (bad || !any || !det::is_finite(r.m)) return r;
-  r.valid = true;
-  s.mass.resize(n);
-  uint64_t total = 0;
-  for (int64_t v = 0; v < n; ++v) {
-    const float sc = det::sub(det::mul(to_float(row[v]), inv_temperature), r.m);
-    total += s.mass[v] = fixed_mass_unit(kept_exp(sc));
-  }
-  r.total = total;
-  return r;
-}
-
 template <typename T>
 FilteredRow filter_row(const T* row, int64_t n, float inv_temperature, int64_t top_k, float top_p,
                        bool want_mass, RowScratch& s) {
-  if (want_mass && !(top_k > 0 && top_k < n) && !(top_p < 1.0f))
-    return mass_row_unfiltered(row, n, inv_temperature, s);
   FilteredRow r;
   s.scaled.resize(n);
   s.keys.resize(n);
@@ -162,10 +122,15 @@ FilteredRow filter_row(const T* row, int64_t n, float inv_temperature, int64_t t
   if (bad || !any || !det::is_finite(r.m)) return r;
   r.valid = true;
   if (top_k > 0 && top_k < n) r.floor_key = kth_largest_key(s.keys.data(), n, uint32_t(top_k));
+  // Below kNoMass the fixed-point mass is exactly 0 (exp(-28) * 2^40 = 0.76 truncates to 0, and
+  // det::exp is monotone to 1 ulp), so exp is skipped there: identical results, and most of a
+  // real LLM vocabulary lies that far below the max.
+  constexpr float kNoMass = -28.0f;
   s.expo.resize(n);
   for (int64_t v = 0; v < n; ++v) {
-    const float e = kept_exp(det::sub(s.scaled[v], r.m));  // argument <= 0
-    s.expo[v] = s.keys[v] >= r.floor_key ? e : 0.0f;
+    const float sc = det::sub(s.scaled[v], r.m);  // <= 0
+    const float e = exp_nonpositive(sc >= kNoMass ? sc : kNoMass);
+    s.expo[v] = s.keys[v] >= r.floor_key && sc >= kNoMass ? e : 0.0f;
   }
   if (top_p < 1.0f || want_mass) {
     s.mass.resize(n);
