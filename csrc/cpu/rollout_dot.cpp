@@ -325,6 +325,9 @@ DOMINO_AVX512 void score_rows_avx512(const typename L::T* W, int64_t ldw, int64_
       const char* pf = reinterpret_cast<const char*>(W + std::min(r0 + DOMINO_ROLLOUT_PF + r, nrows - 1) * ldw);
       for (int64_t off = 0; off < K * int64_t(sizeof(T)); off += 64) _mm_prefetch(pf + off, _MM_HINT_T0);
     }
+    // ... and one line 64 rows ahead: starts the next 4 KiB page's TLB walk and stream early
+    // (measured: ~5-10% at B = 8; prefetching whole rows ahead was slower).
+    _mm_prefetch(reinterpret_cast<const char*>(W + std::min(r0 + 64, nrows - 1) * ldw), _MM_HINT_T0);
     int64_t a = 0;
     float res[16];
     for (; a + 4 <= A; a += 4) {
