@@ -116,7 +116,7 @@ class Engine {
       for (int64_t a = 0; a < A; ++a) cpu::pack_x(X + a * Kp, K, p_.wdtype, &Xp[a * K32]);
       pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
         const int64_t r0 = b0 * kRowBlock, r1 = std::min(nrows, b1 * kRowBlock);
-        cpu::score_rows(wrow(W, r0, ldw, col), p_.wdtype, ldw, r1 - r0, K, Xp.data(), K32, A, Y + r0, ldy);
+        cpu::score_rows(wrow(W, r0, ldw, col), p_.wdtype, ldw, r1 - r0, K, Xp.data(), K32, A, Y + r0, ldy, false);
       });
       return;
     }
@@ -326,7 +326,7 @@ class Engine {
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t v0 = t * kTile, n = std::min(kTile, V_ - v0);
             if (corrected && in_regs) {
-              cpu::score_rows(wrow(p_.w2, v0, E_), p_.wdtype, E_, n, E_, mp.data(), E32, A, tile.data(), ld);
+              cpu::score_rows(wrow(p_.w2, v0, E_), p_.wdtype, E_, n, E_, mp.data(), E32, A, tile.data(), ld, /*stream=*/true);
             } else if (corrected) {
               for (int64_t j = 0; j < n; j += kRowBlock) {
                 const int nr = int(std::min<int64_t>(kRowBlock, n - j));
