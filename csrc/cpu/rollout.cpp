@@ -23,6 +23,7 @@ namespace {
 using cpu::dot_block;
 using cpu::kRowBlock;
 using cpu::pad16;
+using cpu::pad32;
 using cpu::to_f32_row;
 
 constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay in L1/L2)
@@ -109,6 +110,16 @@ class Engine {
             int64_t A, float* Y, int64_t ldy) {
     const int64_t Kp = pad16(K);
     const int64_t nblocks = (nrows + kRowBlock - 1) / kRowBlock;
+    if (cpu::scores_in_registers()) {  // weight rows converted in registers, no fp32 copy
+      const int64_t K32 = pad32(K);
+      std::vector<float> Xp(A * K32);
+      for (int64_t a = 0; a < A; ++a) cpu::pack_x(X + a * Kp, K, p_.wdtype, &Xp[a * K32]);
+      pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
+        const int64_t r0 = b0 * kRowBlock, r1 = std::min(nrows, b1 * kRowBlock);
+        cpu::score_rows(wrow(W, r0, ldw, col), p_.wdtype, ldw, r1 - r0, K, Xp.data(), K32, A, Y + r0, ldy, false);
+      });
+      return;
+    }
     pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
       std::vector<float> wbuf(kRowBlock * Kp, 0.0f);
       for (int64_t blk = b0; blk < b1; ++blk) {
@@ -257,6 +268,13 @@ class Engine {
         }
       });
     }
+    const bool in_regs = cpu::scores_in_registers();
+    const int64_t E32 = pad32(E_);
+    std::vector<float> mp;  // m packed for score_rows
+    if (corrected && in_regs) {
+      mp.assign(A * E32, 0.0f);
+      for (int64_t a = 0; a < A; ++a) cpu::pack_x(&m[a * Ep_], E_, p_.wdtype, &mp[a * E32]);
+    }
     auto qrow = [&](int64_t b) -> float* {
       return p_.q_rows ? p_.q_rows + (b * N_ + (i - 1)) * V_ : nullptr;
     };
@@ -307,7 +325,9 @@ class Engine {
           const int64_t t_begin = c * ntile / nchunks, t_end = (c + 1) * ntile / nchunks;
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t v0 = t * kTile, n = std::min(kTile, V_ - v0);
-            if (corrected) {
+            if (corrected && in_regs) {
+              cpu::score_rows(wrow(p_.w2, v0, E_), p_.wdtype, E_, n, E_, mp.data(), E32, A, tile.data(), ld, /*stream=*/true);
+            } else if (corrected) {
               for (int64_t j = 0; j < n; j += kRowBlock) {
                 const int nr = int(std::min<int64_t>(kRowBlock, n - j));
                 prefetch_rows(p_.w2, v0 + j + kPrefetchRows, kRowBlock, E_);
@@ -317,14 +337,10 @@ class Engine {
             }
             for (int64_t a = 0; a < A; ++a) {
               float* s = &tile[a * ld];
-              dispatch_dtype(p_.base_dtype, [&](auto tag) {
-                using Tb = decltype(tag);
-                const Tb* base = base_row<Tb>(ctx[a].b, i) + v0;
-                if (corrected)
-                  for (int64_t j = 0; j < n; ++j) s[j] = det::add(to_float(base[j]), s[j]);
-                else
-                  for (int64_t j = 0; j < n; ++j) s[j] = to_float(base[j]);
-              });
+              const int64_t bsz = p_.base_dtype == DType::F32 ? 4 : 2;
+              const char* base = static_cast<const char*>(p_.base) +
+                  (ctx[a].b * p_.base_stride_b + int64_t(i - 1) * p_.base_stride_n + v0) * bsz;
+              cpu::add_base(s, base, p_.base_dtype, n, corrected);
               consume(st[a], s, n, v0, nullptr, ctx[a], qrow(ctx[a].b));
             }
           }

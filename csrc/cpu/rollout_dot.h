@@ -27,6 +27,23 @@ void to_f32_row(const void* src, DType dtype, int64_t K, int64_t Kp, float* dst)
 void dot_block(const float* w, int nrows, int64_t Kp, const float* X, int64_t ldx, int64_t A,
                float* out, int64_t ldo);
 
+// ---- the vocabulary pass kernel: weight rows read in their own dtype, converted in registers ----
+// Activations are packed once per level (pack_x: zero-padded to pad32(K); for bf16 weights each
+// 32-wide chunk is stored evens first, then odds, matching the in-register bf16 -> fp32 split of
+// one 64-byte load), then score_rows computes out[a * ldo + j] = dot(W[j, 0:K], X[a]) for rows
+// j < nrows of W (row stride ldw elements), every weight row read once for all A rows. AVX-512
+// only (scores_in_registers() says whether it is available); accumulation in fp32. `stream`: the
+// rows are read once per call (W2): fetch them non-temporally, so that they do not evict the small
+// GRU weights, which are read every step, from L3.
+inline int64_t pad32(int64_t k) { return (k + 31) / 32 * 32; }
+bool scores_in_registers();
+void pack_x(const float* x, int64_t K, DType wdtype, float* dst);
+void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t K,
+                const float* X, int64_t ldx, int64_t A, float* out, int64_t ldo, bool stream);
+
+// s[j] = base[j] + s[j] (add) or s[j] = base[j] (!add), base in its own dtype.
+void add_base(float* s, const void* base, DType dtype, int64_t n, bool add);
+
 // Elementwise over a tile: NaN -> -inf (a NaN score never wins), then (max, sum exp(x - max)).
 // max = -inf and sum = 0 when every element is -inf.
 void sanitize_max_sumexp(float* x, int64_t n, float& max, float& sum);
