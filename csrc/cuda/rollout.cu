@@ -491,6 +491,9 @@ __global__ void select_kernel(RolloutParams p, Workspace w, int64_t F, int64_t F
       int32_t f_out = c0 == 0 ? 0 : w.count[nxt][b];
       for (int64_t c = c0; c < c0 + 1024 && c < n_slots; ++c) {
         if (!keep_flags[c - c0]) continue;
+        // NaN cumulative scores compare false both ways and can all be flagged as kept: never
+        // exceed the budget (node ids must stay < M).
+        if (w.num[b] > p.budget) break;
         const int64_t f = c / k, j = c % k, r = b * F + f;
         const int32_t parent = w.frontier[cur][r];
         const int32_t id = w.num[b]++;
