@@ -252,9 +252,15 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(VerifyParams p) {
 
 }  // namespace
 
-int verify_cuda(const VerifyParams& p, void* stream) {
-  if (p.batch == 0) return int(cudaSuccess);
-  if (p.nodes > kMaxNodes) return int(cudaErrorInvalidValue);
+int verify_cuda(const VerifyParams& params, void* stream) {
+  if (params.batch == 0) return int(cudaSuccess);
+  if (params.nodes > kMaxNodes) return int(cudaErrorInvalidValue);
+  // The pre-pass grid is (batch * nodes, vocabulary slices): skip it (the walk alone is exact)
+  // when that exceeds the grid limits (gridDim.y <= 65535, i.e. vocab > ~134M; gridDim.x < 2^31)
+  // instead of failing the launch.
+  VerifyParams p = params;
+  if ((p.vocab + kSplitElems - 1) / kSplitElems > 65535 || p.batch * p.nodes > 0x7fffffff)
+    p.workspace = nullptr;
   const size_t dyn = size_t(p.nodes) * (2 * sizeof(int64_t) + sizeof(double));
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const bool prepass = p.workspace != nullptr;
