@@ -22,7 +22,8 @@ at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature,
   const int64_t batch = logits.size(0), vocab = logits.size(1);
   DOMINO_CHECK_ARG(vocab > 0, kOp, "logits", "must have a non-empty vocabulary dimension, got shape ",
                    shape_str(logits));
-  DOMINO_CHECK_ARG(vocab < (int64_t(1) << 31), kOp, "logits", "vocabulary must be < 2^31");
+  DOMINO_CHECK_ARG(vocab <= sampling::kMaxVocab, kOp, "logits",
+                   "vocabulary must be <= 2^23 (exact fixed-point mass sums), got ", vocab);
   DOMINO_CHECK_ARG(logits.stride(1) == 1, kOp, "logits", "must have unit stride in the vocabulary dimension");
   check_vector(temperature, batch, at::kFloat, logits, kOp, "temperature", "logits");
   if (top_k) check_vector(*top_k, batch, at::kLong, logits, kOp, "top_k", "logits");

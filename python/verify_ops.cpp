@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "binding_utils.h"
+#include "domino/sampling.h"
 #include "domino/verify.h"
 
 namespace domino {
@@ -86,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   const int64_t vocab = logits.size(2);
   DOMINO_CHECK_ARG(vocab > 0, kOp, "logits",
                    "must have a non-empty vocabulary dimension, got shape ", shape_str(logits));
-  DOMINO_CHECK_ARG(vocab < (int64_t(1) << 31), kOp, "logits", "vocabulary must be < 2^31");
+  DOMINO_CHECK_ARG(vocab <= sampling::kMaxVocab, kOp, "logits",
+                   "vocabulary must be <= 2^23 (exact fixed-point mass sums), got ", vocab);
   DOMINO_CHECK_ARG(logits.stride(2) == 1, kOp, "logits",
                    "must have unit stride in the vocabulary dimension");
 

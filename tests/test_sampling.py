@@ -207,3 +207,12 @@ def test_cuda_invalid_parameters_give_minus_one():
     args[3][2] = 0.0
     out = torch.ops.domino.sample(*args).cpu()
     assert out[:3].tolist() == [-1, -1, -1] and out[3] >= 0
+
+
+def test_vocabulary_over_the_exact_mass_limit_raises():
+    """Row masses are exact uint64 sums only up to V = 2^23: larger vocabularies are refused."""
+    big = torch.zeros(1, (1 << 23) + 1)
+    with pytest.raises(ValueError, match="'logits'.*2\\^23"):
+        dk.sample(big, seed=0)
+    with pytest.raises(ValueError, match="'logits'.*2\\^23"):
+        dk.verify(torch.zeros(1, 1, dtype=torch.int64), dk.chain_parents(1, 1, "cpu"), big[:, None])

@@ -31,6 +31,10 @@
 namespace domino {
 namespace sampling {
 
+// Largest supported vocabulary: row masses are sums of up to V fixed-point masses <= 2^40 in a
+// uint64, exact (never wrapping) for V <= 2^23.
+constexpr int64_t kMaxVocab = int64_t(1) << 23;
+
 struct SampleParams {
   const void* logits = nullptr;  // [batch, vocab], row stride `row_stride` elements, unit col stride
   DType dtype = DType::F32;
