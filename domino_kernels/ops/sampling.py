@@ -14,7 +14,8 @@ Semantics (the contract of ``csrc/include/domino/sampling.h``; executable spec i
 * a row with a NaN or +inf logit, or with every logit -inf, yields token ``-1``. On CPU tensors,
   out-of-range parameters raise; on CUDA tensors (which are not read on the host) they yield -1.
 
-CPU and CUDA kernels return identical tokens for identical inputs, seeds and offsets.
+CPU and CUDA kernels return identical tokens for identical inputs, seeds and offsets. The
+vocabulary may have up to 2^23 entries (the fixed-point mass sums are exact up to that size).
 """
 from __future__ import annotations
 
