@@ -55,6 +55,20 @@ struct Tile {
       size_t(kRows) * kDMax + size_t(kKeyBlock) * kKStride + size_t(kKeyBlock) * kDMax;
 };
 
+// Element offsets of key position `pos` (of request b, KV head kvh) in the K and V caches, or -1
+// for both when pos >= end or its page is unbacked (page_of rejects bad block-table values).
+__device__ __forceinline__ void key_offsets(const PagedKV& kv, int64_t b, int64_t kvh, int64_t pos,
+                                            int64_t end, int64_t& k_off, int64_t& v_off) {
+  const int64_t page = pos < end ? page_of(kv, b, pos) : -1;
+  const int64_t slot = pos % kv.page_size;
+  k_off = page < 0 ? -1
+                   : cache_offset(page, slot, kvh, kv.k_page_stride, kv.k_slot_stride,
+                                  kv.k_head_stride);
+  v_off = page < 0 ? -1
+                   : cache_offset(page, slot, kvh, kv.v_page_stride, kv.v_slot_stride,
+                                  kv.v_head_stride);
+}
+
 // The work of one CTA: which request and row tile (tiles are numbered request after request,
 // `rows_per_tile` rows of (new token x group head) each), which KV head (blockIdx.y), and which
 // slice [k_lo, k_hi) of the visible keys (key split blockIdx.z, aligned to `key_block`).
@@ -138,15 +152,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k0 = k_lo; k0 < k_hi; k0 += kKeyBlock) {
     __syncthreads();  // the previous block is consumed (and Qs is written, first time round)
     if (tid < kKeyBlock) {
-      const int64_t pos = k0 + tid;
-      const int64_t page = pos < k_hi ? page_of(p.kv, b, pos) : -1;
-      const int64_t slot = pos % p.kv.page_size;
-      k_off[tid] = page < 0 ? -1
-                            : cache_offset(page, slot, kvh, p.kv.k_page_stride,
-                                           p.kv.k_slot_stride, p.kv.k_head_stride);
-      v_off[tid] = page < 0 ? -1
-                            : cache_offset(page, slot, kvh, p.kv.v_page_stride,
-                                           p.kv.v_slot_stride, p.kv.v_head_stride);
+      key_offsets(p.kv, b, kvh, k0 + tid, k_hi, k_off[tid], v_off[tid]);
     }
     __syncthreads();
     for (int e = tid; e < kKeyBlock * kDMax; e += kThreads) {
@@ -428,15 +434,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int64_t k0 = k_lo; k0 < k_hi; k0 += kMmaKeys) {
     __syncthreads();  // previous block consumed
     if (tid < kMmaKeys) {
-      const int64_t pos = k0 + tid;
-      const int64_t page = pos < k_hi ? page_of(p.kv, b, pos) : -1;
-      const int64_t slot = pos % p.kv.page_size;
-      k_off[tid] = page < 0 ? -1
-                            : cache_offset(page, slot, kvh, p.kv.k_page_stride,
-                                           p.kv.k_slot_stride, p.kv.k_head_stride);
-      v_off[tid] = page < 0 ? -1
-                            : cache_offset(page, slot, kvh, p.kv.v_page_stride,
-                                           p.kv.v_slot_stride, p.kv.v_head_stride);
+      key_offsets(p.kv, b, kvh, k0 + tid, k_hi, k_off[tid], v_off[tid]);
     }
     __syncthreads();
     uint4 kr[kLoads], vr[kLoads];
