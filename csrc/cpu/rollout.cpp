@@ -105,11 +105,24 @@ class Engine {
     }
   }
 
-  // Y[a, r] = dot(W[r, col : col + K], X[a]) for r < nrows; X rows padded to pad16(K).
+  // Y[a, r] = dot(W[r, col : col + K], X[a]) for r < nrows; X rows padded to pad16(K). Every X
+  // the engine passes holds weight-dtype values (hidden states, embedding rows, h: see
+  // to_weight_precision), so for bf16 weights the vdpbf16ps kernel computes the same products.
   void gemv(const void* W, int64_t ldw, int64_t col, int64_t K, int64_t nrows, const float* X,
             int64_t A, float* Y, int64_t ldy) {
     const int64_t Kp = pad16(K);
     const int64_t nblocks = (nrows + kRowBlock - 1) / kRowBlock;
+    if (p_.wdtype == DType::BF16 && cpu::bf16_pairs()) {
+      const int64_t K32 = pad32(K);
+      std::vector<uint16_t> Xb(A * K32);
+      for (int64_t a = 0; a < A; ++a) cpu::pack_x_bf16(X + a * Kp, K, &Xb[a * K32]);
+      pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
+        const int64_t r0 = b0 * kRowBlock, r1 = std::min(nrows, b1 * kRowBlock);
+        cpu::score_rows_bf16_pairs(static_cast<const uint16_t*>(wrow(W, r0, ldw, col)), ldw, r1 - r0, K, Xb.data(), K32,
+                                   A, Y + r0, ldy, false);
+      });
+      return;
+    }
     if (cpu::scores_in_registers()) {  // weight rows converted in registers, no fp32 copy
       const int64_t K32 = pad32(K);
       std::vector<float> Xp(A * K32);
@@ -182,8 +195,9 @@ class Engine {
         const float* g = &gi[a * G3p_];
         float* h = &node_h_[n * Gp_];
         for (int64_t k = 0; k < G_; ++k)
-          h[k] = gru_cell(g[k], g[G_ + k], g[2 * G_ + k], gh ? gh[k] : 0.0f,
-                          gh ? gh[G_ + k] : 0.0f, gh ? gh[2 * G_ + k] : 0.0f, hp ? hp[k] : 0.0f);
+          h[k] = to_weight_precision(gru_cell(g[k], g[G_ + k], g[2 * G_ + k], gh ? gh[k] : 0.0f,
+                                              gh ? gh[G_ + k] : 0.0f, gh ? gh[2 * G_ + k] : 0.0f,
+                                              hp ? hp[k] : 0.0f), p_.wdtype);
         std::copy(h, h + Gp_, &Xh[a * Gp_]);
       }
     });
@@ -264,14 +278,19 @@ class Engine {
         for (int64_t a = a0; a < a1; ++a) {
           const float* z = zp(ctx[a].b, i);
           const float* hp = &node_hg_[(ctx[a].b * M_ + ctx[a].node) * HG_];
-          for (int64_t e = 0; e < E_; ++e) m[a * Ep_ + e] = silu(det::add(z[e], hp[e]));
+          for (int64_t e = 0; e < E_; ++e) m[a * Ep_ + e] = head_activation(det::add(z[e], hp[e]), p_.wdtype);
         }
       });
     }
-    const bool in_regs = cpu::scores_in_registers();
+    const bool pairs = p_.wdtype == DType::BF16 && cpu::bf16_pairs();
+    const bool in_regs = !pairs && cpu::scores_in_registers();
     const int64_t E32 = pad32(E_);
     std::vector<float> mp;  // m packed for score_rows
-    if (corrected && in_regs) {
+    std::vector<uint16_t> mb;  // m as bf16 (exact: head_activation rounded it) for the pairs kernel
+    if (corrected && pairs) {
+      mb.assign(A * E32, 0);
+      for (int64_t a = 0; a < A; ++a) cpu::pack_x_bf16(&m[a * Ep_], E_, &mb[a * E32]);
+    } else if (corrected && in_regs) {
       mp.assign(A * E32, 0.0f);
       for (int64_t a = 0; a < A; ++a) cpu::pack_x(&m[a * Ep_], E_, p_.wdtype, &mp[a * E32]);
     }
@@ -325,7 +344,10 @@ class Engine {
           const int64_t t_begin = c * ntile / nchunks, t_end = (c + 1) * ntile / nchunks;
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t v0 = t * kTile, n = std::min(kTile, V_ - v0);
-            if (corrected && in_regs) {
+            if (corrected && pairs) {
+              cpu::score_rows_bf16_pairs(static_cast<const uint16_t*>(wrow(p_.w2, v0, E_)), E_, n, E_, mb.data(), E32, A,
+                                         tile.data(), ld, /*stream=*/true);
+            } else if (corrected && in_regs) {
               cpu::score_rows(wrow(p_.w2, v0, E_), p_.wdtype, E_, n, E_, mp.data(), E32, A, tile.data(), ld, /*stream=*/true);
             } else if (corrected) {
               for (int64_t j = 0; j < n; j += kRowBlock) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdlib>
+#include <type_traits>
 
 #include "domino/numerics.h"
 
@@ -12,6 +13,7 @@
 #include <immintrin.h>
 #define DOMINO_X86 1
 #define DOMINO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define DOMINO_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
 // GCC 12 false positive: avx512fintrin.h's _mm512_undefined_* (`__m512i __Y = __Y;`) inlined here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -27,6 +29,17 @@ bool have_avx512() {
   static const bool ok = !std::getenv("DOMINO_DISABLE_AVX512") &&
                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool bf16_pairs() {
+#ifdef DOMINO_X86
+  // DOMINO_DISABLE_AVX512BF16=1 keeps the fp32-FMA kernel (for comparisons and tests).
+  static const bool ok = have_avx512() && !std::getenv("DOMINO_DISABLE_AVX512BF16") &&
+                         __builtin_cpu_supports("avx512bf16");
   return ok;
 #else
   return false;
@@ -259,94 +272,174 @@ struct LoadF32 {
   }
 };
 
-// R weight rows x C activation rows; res[c * R + r] = dot(row r, X[c]). R in {2, 4}.
-template <typename L, int C, int R>
+// Horizontal sums of 16 vectors in one: lane 4q + j = sum(v[4j + q]). A transposing tree (4 levels
+// of 2 shuffles + 1 add per pair): 45 operations instead of the ~100 of four hsum4.
+DOMINO_AVX512 inline __m512 pair_halves(__m512 x, __m512 y) {  // 256-bit halves: x in 0-7, y in 8-15
+  return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+DOMINO_AVX512 inline __m512 pair_quarters(__m512 x, __m512 y) {  // 128-bit quarters of x, then y
+  return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+DOMINO_AVX512 inline __m512 reduce16(const __m512 (&v)[16]) {
+  __m512 u[4];
+  for (int j = 0; j < 4; ++j)  // quarter q of u[j]: the 4 partial sums of v[4j + q]
+    u[j] = pair_quarters(pair_halves(v[4 * j], v[4 * j + 1]), pair_halves(v[4 * j + 2], v[4 * j + 3]));
+  const __m512 z0 = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 z1 = _mm512_add_ps(_mm512_shuffle_ps(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_ps(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_ps(z0, z1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(z0, z1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// acc[r][c] (r < 4 weight rows, c < C activation rows) -> res[4 * r + c].
+template <int C>
+DOMINO_AVX512 inline void reduce_block(const __m512 (&acc)[4][C], float* res) {
+  if constexpr (C == 4) {
+    __m512 v[16];
+    for (int r = 0; r < 4; ++r)
+      for (int c = 0; c < 4; ++c) v[4 * c + r] = acc[r][c];  // lane 4r + c = sum(v[4c + r])
+    _mm512_storeu_ps(res, reduce16(v));
+  } else {
+    for (int c = 0; c < C; ++c) {
+      alignas(16) float t[4];
+      _mm_store_ps(t, hsum4(acc[0][c], acc[1][c], acc[2][c], acc[3][c]));
+      for (int r = 0; r < 4; ++r) res[4 * r + c] = t[r];
+    }
+  }
+}
+
+// Blocks of 4 weight rows x C activation rows: res[4 * r + c] = dot(W row r, X[c]). Per 32-wide
+// chunk, the 4 rows' chunks are loaded once for the C activation rows (weight-stationary, 4 + C
+// loads per 4C products). The block's lines are already in L1 (see score_rows_driver).
+//
+// fp32 FMA on weight rows converted in registers (loader L; activations packed by pack_x).
+template <typename L, int C>
 DOMINO_AVX512 inline void score_block(const typename L::T* const* w, int64_t nfull, int rem,
                                       const float* X, int64_t ldx, float* res) {
-  constexpr int S = C * R <= 8 ? 2 : 1;  // separate even/odd accumulators: enough FMA chains
-  __m512 acc[C][R][S];
-  for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r)
-      for (int s = 0; s < S; ++s) acc[c][r][s] = _mm512_setzero_ps();
-  auto step = [&](const __m512 (&wa)[R], const __m512 (&wb)[R], int64_t k) DOMINO_AVX512 {
+  constexpr int S = C <= 2 ? 2 : 1;  // separate even/odd accumulators: enough FMA chains
+  __m512 acc[4][C][S];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < C; ++c)
+      for (int s = 0; s < S; ++s) acc[r][c][s] = _mm512_setzero_ps();
+  auto step = [&](const __m512 (&wa)[4], const __m512 (&wb)[4], int64_t k) DOMINO_AVX512 {
     for (int c = 0; c < C; ++c) {
       const __m512 xa = _mm512_loadu_ps(X + c * ldx + k), xb = _mm512_loadu_ps(X + c * ldx + k + 16);
-      for (int r = 0; r < R; ++r) {
-        acc[c][r][0] = _mm512_fmadd_ps(wa[r], xa, acc[c][r][0]);
-        acc[c][r][S - 1] = _mm512_fmadd_ps(wb[r], xb, acc[c][r][S - 1]);
+      for (int r = 0; r < 4; ++r) {
+        acc[r][c][0] = _mm512_fmadd_ps(wa[r], xa, acc[r][c][0]);
+        acc[r][c][S - 1] = _mm512_fmadd_ps(wb[r], xb, acc[r][c][S - 1]);
       }
     }
   };
   int64_t k = 0;
   for (int64_t i = 0; i < nfull; ++i, k += 32) {
-    __m512 wa[R], wb[R];
-    for (int r = 0; r < R; ++r) L::full(w[r] + k, wa[r], wb[r]);
+    __m512 wa[4], wb[4];
+    for (int r = 0; r < 4; ++r) L::full(w[r] + k, wa[r], wb[r]);
     step(wa, wb, k);
   }
   if (rem) {
-    __m512 wa[R], wb[R];
-    for (int r = 0; r < R; ++r) L::tail(w[r] + k, rem, wa[r], wb[r]);
+    __m512 wa[4], wb[4];
+    for (int r = 0; r < 4; ++r) L::tail(w[r] + k, rem, wa[r], wb[r]);
     step(wa, wb, k);
   }
-  __m512 v[C][R];
-  for (int c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) v[c][r] = S == 2 ? _mm512_add_ps(acc[c][r][0], acc[c][r][S - 1]) : acc[c][r][0];
-  if (R == 4) {
-    for (int c = 0; c < C; ++c) _mm_storeu_ps(res + 4 * c, hsum4(v[c][0], v[c][1 % R], v[c][2 % R], v[c][3 % R]));
-  } else {  // R == 2: two activation rows per horizontal sum
-    for (int c = 0; c + 1 < C; c += 2)
-      _mm_storeu_ps(res + 2 * c, hsum4(v[c][0], v[c][1 % R], v[c + 1][0], v[c + 1][1 % R]));
-    if (C % 2) {
-      alignas(16) float t[4];
-      _mm_store_ps(t, hsum4(v[C - 1][0], v[C - 1][1 % R], v[C - 1][0], v[C - 1][1 % R]));
-      res[2 * (C - 1)] = t[0];
-      res[2 * (C - 1) + 1] = t[1];
-    }
-  }
+  __m512 v[4][C];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < C; ++c) v[r][c] = S == 2 ? _mm512_add_ps(acc[r][c][0], acc[r][c][S - 1]) : acc[r][c][0];
+  reduce_block<C>(v, res);
 }
 
+// bf16 weights x bf16 activations with vdpbf16ps (activations packed by pack_x_bf16).
+template <int C>
+DOMINO_AVX512BF16 inline void score_block_bf16_pairs(const uint16_t* const* w, int64_t nfull, int rem,
+                                                     const uint16_t* X, int64_t ldx, float* res) {
+  __m512 acc[4][C];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  auto step = [&](const __m512i (&wv)[4], int64_t k) DOMINO_AVX512BF16 {
+    for (int c = 0; c < C; ++c) {
+      const __m512bh x = (__m512bh)_mm512_loadu_si512(X + c * ldx + k);  // X is zero-padded
+      for (int r = 0; r < 4; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], x);
+    }
+  };
+  int64_t k = 0;
+  for (int64_t i = 0; i < nfull; ++i, k += 32) {
+    __m512i wv[4];
+    for (int r = 0; r < 4; ++r) wv[r] = _mm512_loadu_si512(w[r] + k);
+    step(wv, k);
+  }
+  if (rem) {
+    __m512i wv[4];
+    for (int r = 0; r < 4; ++r) wv[r] = _mm512_maskz_loadu_epi16(__mmask32((uint64_t(1) << rem) - 1), w[r] + k);
+    step(wv, k);
+  }
+  reduce_block<C>(acc, res);
+}
+
+// The row loop shared by both kernels: blocks of 4 rows (a short last block repeats its last row),
+// activation rows in groups of 4, 2, 1. `block(w, C, Xc, res)` scores one block for C rows.
+//
+// Before the products, one byte of every line of the block is loaded, row after row: the stream
+// then reaches memory in address order. The products read the rows interleaved (row 0 chunk k,
+// row 1 chunk k, ...), and when those loads are the first touch the 512-byte stride defeats Zen 4's
+// hardware prefetcher: measured on the 2-core box (bf16, E = 256, 2 threads / 1 thread), 19.7 / 9.4
+// GB/s interleaved against 27.2 / 17.6 GB/s with this touch, the speed of a plain sequential read
+// (27.7 / 15.7 GB/s). Non-temporal prefetches alone in the same order (the previous scheme): 22.3 /
+// 12.5. `stream` (W2, read once per call): each line gets a non-temporal prefetch just before its
+// touch, which keeps the 78 MB stream from evicting the GRU weights (read every step) from L3: at
+// B = 1, 36-47 GB/s against 32-37 GB/s without it (same runs, interleaved).
+template <typename T, typename Block>
+DOMINO_AVX512 inline void score_rows_driver(const T* W, int64_t ldw, int64_t nrows, int64_t K,
+                                            const void* X, int64_t ldx_bytes, int64_t A, float* out,
+                                            int64_t ldo, bool stream, Block&& block) {
+  for (int64_t r0 = 0; r0 < nrows; r0 += 4) {
+    const int nr = int(std::min<int64_t>(4, nrows - r0));
+    const T* w[4];
+    for (int r = 0; r < 4; ++r) w[r] = W + (r0 + (r < nr ? r : nr - 1)) * ldw;
+    for (int r = 0; r < nr; ++r) {
+      const char* row = reinterpret_cast<const char*>(w[r]);
+      if (stream)
+        for (int64_t off = 0; off < K * int64_t(sizeof(T)); off += 64) _mm_prefetch(row + off, _MM_HINT_NTA);
+      for (int64_t off = 0; off < K * int64_t(sizeof(T)); off += 64) {
+        const char byte = row[off];
+        __asm__ volatile("" : : "r"(byte));  // a real load, not removable, no use of the value
+      }
+    }
+    alignas(64) float res[16];
+    auto emit = [&](int64_t a, int C) {
+      for (int c = 0; c < C; ++c)
+        for (int r = 0; r < nr; ++r) out[(a + c) * ldo + r0 + r] = res[4 * r + c];
+    };
+    const char* Xb = static_cast<const char*>(X);
+    int64_t a = 0;
+    for (; a + 4 <= A; a += 4) { block(w, std::integral_constant<int, 4>{}, Xb + a * ldx_bytes, res); emit(a, 4); }
+    for (; a + 2 <= A; a += 2) { block(w, std::integral_constant<int, 2>{}, Xb + a * ldx_bytes, res); emit(a, 2); }
+    for (; a < A; ++a) { block(w, std::integral_constant<int, 1>{}, Xb + a * ldx_bytes, res); emit(a, 1); }
+  }
+}
 
 template <typename L>
 DOMINO_AVX512 void score_rows_avx512(const typename L::T* W, int64_t ldw, int64_t nrows, int64_t K,
                                      const float* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
                                      bool stream) {
-  using T = typename L::T;
   const int64_t nfull = K / 32;
   const int rem = int(K % 32);
-  for (int64_t r0 = 0; r0 < nrows; r0 += 4) {
-    const int nr = int(std::min<int64_t>(4, nrows - r0));
-    const T* w[4];
-    for (int r = 0; r < 4; ++r) w[r] = W + (r0 + (r < nr ? r : 0)) * ldw;
-    // Touch every line of the block's 4 rows (2 KiB for E = 256 bf16) before the FMAs, so that
-    // their misses are in flight together (measured on Zen 4: touching rows further ahead, or
-    // none, is slower); NTA for a streamed matrix (~5% at B = 1: the GRU weights stay in L3) ...
-    for (int r = 0; r < 4; ++r) {
-      const char* pf = reinterpret_cast<const char*>(W + std::min(r0 + r, nrows - 1) * ldw);
-      if (stream)
-        for (int64_t off = 0; off < K * int64_t(sizeof(T)); off += 64) _mm_prefetch(pf + off, _MM_HINT_NTA);
-      else
-        for (int64_t off = 0; off < K * int64_t(sizeof(T)); off += 64) _mm_prefetch(pf + off, _MM_HINT_T0);
-    }
-    // ... and one line 64 rows ahead: starts the next 4 KiB page's TLB walk and stream early
-    // (measured: ~5-10% at B = 8; prefetching whole rows ahead was slower).
-    _mm_prefetch(reinterpret_cast<const char*>(W + std::min(r0 + 64, nrows - 1) * ldw), _MM_HINT_T0);
-    int64_t a = 0;
-    float res[16];
-    for (; a + 4 <= A; a += 4) {
-      score_block<L, 4, 4>(w, nfull, rem, X + a * ldx, ldx, res);
-      for (int c = 0; c < 4; ++c)
-        for (int r = 0; r < nr; ++r) out[(a + c) * ldo + r0 + r] = res[4 * c + r];
-    }
-    for (; a + 2 <= A; a += 2) {
-      score_block<L, 2, 4>(w, nfull, rem, X + a * ldx, ldx, res);
-      for (int c = 0; c < 2; ++c)
-        for (int r = 0; r < nr; ++r) out[(a + c) * ldo + r0 + r] = res[4 * c + r];
-    }
-    for (; a < A; ++a) {
-      score_block<L, 1, 4>(w, nfull, rem, X + a * ldx, ldx, res);
-      for (int r = 0; r < nr; ++r) out[a * ldo + r0 + r] = res[r];
-    }
-  }
+  score_rows_driver(W, ldw, nrows, K, X, ldx * int64_t(sizeof(float)), A, out, ldo, stream,
+                    [&](const typename L::T* const* w, auto C, const char* Xc, float* res) DOMINO_AVX512 {
+                      score_block<L, decltype(C)::value>(w, nfull, rem, reinterpret_cast<const float*>(Xc), ldx, res);
+                    });
+}
+
+DOMINO_AVX512BF16 void score_rows_bf16_pairs_avx512(const uint16_t* W, int64_t ldw, int64_t nrows,
+                                                    int64_t K, const uint16_t* X, int64_t ldx,
+                                                    int64_t A, float* out, int64_t ldo, bool stream) {
+  const int64_t nfull = K / 32;
+  const int rem = int(K % 32);
+  score_rows_driver(W, ldw, nrows, K, X, ldx * int64_t(sizeof(uint16_t)), A, out, ldo, stream,
+                    [&](const uint16_t* const* w, auto C, const char* Xc, float* res) DOMINO_AVX512BF16 {
+                      score_block_bf16_pairs<decltype(C)::value>(w, nfull, rem, reinterpret_cast<const uint16_t*>(Xc), ldx, res);
+                    });
 }
 
 DOMINO_AVX512 void add_base_bf16_avx512(float* s, const uint16_t* base, int64_t n, bool add) {
@@ -406,6 +499,21 @@ void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t
 #endif
   (void)W; (void)wdtype; (void)ldw; (void)nrows; (void)K; (void)X; (void)ldx; (void)A; (void)out; (void)ldo; (void)stream;
   std::abort();  // callers check scores_in_registers()
+}
+
+void pack_x_bf16(const float* x, int64_t K, uint16_t* dst) {
+  const int64_t Kp = pad32(K);
+  for (int64_t k = 0; k < Kp; ++k) dst[k] = k < K ? to_bf16(x[k]).bits : uint16_t(0);
+}
+
+void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_t K,
+                           const uint16_t* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
+                           bool stream) {
+#ifdef DOMINO_X86
+  if (bf16_pairs()) return score_rows_bf16_pairs_avx512(W, ldw, nrows, K, X, ldx, A, out, ldo, stream);
+#endif
+  (void)W; (void)ldw; (void)nrows; (void)K; (void)X; (void)ldx; (void)A; (void)out; (void)ldo; (void)stream;
+  std::abort();  // callers check bf16_pairs()
 }
 
 void add_base(float* s, const void* base, DType dtype, int64_t n, bool add) {

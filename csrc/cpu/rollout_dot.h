@@ -41,6 +41,19 @@ void pack_x(const float* x, int64_t K, DType wdtype, float* dst);
 void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t K,
                 const float* X, int64_t ldx, int64_t A, float* out, int64_t ldo, bool stream);
 
+// ---- bf16 x bf16 vocabulary pass (AVX512_BF16, bf16 weights) ----
+// The activations are already bf16 values (head_activation), so vdpbf16ps' products are exact
+// and the scores differ from the fp32-FMA kernel only in the (fp32, implementation-defined)
+// summation order, and in vdpbf16ps flushing denormal inputs and partial sums to zero. Two
+// products per fp32 lane: twice the FMA rate and no in-register conversion, which is what makes
+// B = 8 memory-bound instead of FMA-bound. X rows: bf16 bits of the activations, zero-padded to
+// pad32(K) (pack_x_bf16).
+bool bf16_pairs();
+void pack_x_bf16(const float* x, int64_t K, uint16_t* dst);
+void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_t K,
+                           const uint16_t* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
+                           bool stream);
+
 // s[j] = base[j] + s[j] (add) or s[j] = base[j] (!add), base in its own dtype.
 void add_base(float* s, const void* base, DType dtype, int64_t n, bool add);
 

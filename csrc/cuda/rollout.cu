@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const T* W, int64_t ldw,
 template <typename T>
 __global__ void gru_cell_kernel(const int32_t* row_map, Workspace w, const T* table,
                                 const float* gi, int64_t G, int64_t E, int64_t HG, int64_t M,
-                                int64_t V) {
+                                int64_t V, DType wdtype) {
   const int64_t a = blockIdx.x;
   const int32_t n = row_map[a];
   if (n < 0) return;
@@ -230,19 +230,21 @@ __global__ void gru_cell_kernel(const int32_t* row_map, Workspace w, const T* ta
     x_z = gi[a * 3 * G + G + g];
     x_n = gi[a * 3 * G + 2 * G + g];
   }
-  w.node_h[int64_t(n) * G + g] = gru_cell(x_r, x_z, x_n, gh ? gh[g] : 0.0f, gh ? gh[G + g] : 0.0f,
-                                          gh ? gh[2 * G + g] : 0.0f, hp ? hp[g] : 0.0f);
+  w.node_h[int64_t(n) * G + g] = to_weight_precision(
+      gru_cell(x_r, x_z, x_n, gh ? gh[g] : 0.0f, gh ? gh[G + g] : 0.0f, gh ? gh[2 * G + g] : 0.0f,
+               hp ? hp[g] : 0.0f),
+      wdtype);
 }
 
 __global__ void m_kernel(const int32_t* row_map, Workspace w, int64_t F, int64_t E, int64_t HG,
-                         int64_t per, int64_t zp_i) {
+                         int64_t per, int64_t zp_i, DType wdtype) {
   const int64_t r = blockIdx.x;
   const int32_t n = row_map[r];
   if (n < 0) return;
   const int64_t b = r / F;
   const float* z = w.zp + (b * per + zp_i) * E;
   const float* hp = w.node_hg + int64_t(n) * HG;
-  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) w.m[r * E + e] = silu(det::add(z[e], hp[e]));
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) w.m[r * E + e] = head_activation(det::add(z[e], hp[e]), wdtype);
 }
 
 // ---------------------------------------------------------------- the vocabulary pass
@@ -557,7 +559,7 @@ struct Runner {
       gemv(p.w_ih, d.H, 0, d.H, d.G3, w.X, R, nullptr, w.gi, d.G3);
     }
     gru_cell_kernel<T><<<dim3(unsigned(R), unsigned((d.G + 255) / 256)), 256, 0, s>>>(
-        w.row_map, w, static_cast<const T*>(p.gru_table), w.gi, d.G, d.E, d.HG, d.M, d.V);
+        w.row_map, w, static_cast<const T*>(p.gru_table), w.gi, d.G, d.E, d.HG, d.M, d.V, p.wdtype);
     gather_h_kernel<<<unsigned(R), 256, 0, s>>>(w.row_map, w.node_h, d.G, w.X);
     gemv(p.w1, d.H + d.G, d.H, d.G, d.E, w.X, R, w.row_map, w.node_hg, d.HG);
     gemv(p.w_hh, d.G, 0, d.G, d.G3, w.X, R, w.row_map, w.node_hg + d.E, d.HG);
@@ -580,7 +582,7 @@ struct Runner {
       const int64_t Fn = (F * p.topk < p.budget) ? F * p.topk : p.budget;
       LevelArgs L{i, F, i > d.P, i > d.P && p.shortlist != nullptr && !p.tree};
       row_map_kernel<<<unsigned((R + 255) / 256), 256, 0, s>>>(w.frontier[cur], w.count[cur], w.row_map, d.B, F, d.M);
-      if (L.corrected) m_kernel<<<unsigned(R), 256, 0, s>>>(w.row_map, w, F, d.E, d.HG, per, i - d.P - 1);
+      if (L.corrected) m_kernel<<<unsigned(R), 256, 0, s>>>(w.row_map, w, F, d.E, d.HG, per, i - d.P - 1, p.wdtype);
       if (p.q_rows && L.use_shortlist)
         q_rows_kernel<<<dim3(64, unsigned(R)), 256, 0, s>>>(p, w, F, i, true);
       const int64_t ncols = L.use_shortlist ? p.num_candidates : d.V;

@@ -31,6 +31,13 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=torch.float32)
 
 
+def _storage(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Activations that feed a weight GEMV (the head's hidden m, the GRU state h) are stored in the
+    weight dtype, as the PyTorch modules compute them with bf16 / fp16 weights (contract:
+    ``to_weight_precision`` in rollout.h)."""
+    return x.to(dtype).float() if dtype in (torch.bfloat16, torch.float16) else x
+
+
 def gru_cell(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
     """PyTorch GRU cell without biases; ``gi = W_ih x`` ([3G]), gates ordered (r, z, n)."""
     gh = w_hh @ h
@@ -78,8 +85,8 @@ def _zz(hidden_b: torch.Tensor, i: int, shift_label: bool) -> torch.Tensor:
     return hidden_b[i - 1] if shift_label else hidden_b[i]
 
 
-def _correction(w1, w2, zz, h):
-    return w2 @ torch.nn.functional.silu(w1 @ torch.cat([zz, h]))
+def _correction(w1, w2, zz, h, dtype=torch.float32):
+    return w2 @ _storage(torch.nn.functional.silu(w1 @ torch.cat([zz, h])), dtype)
 
 
 def shortlist(base_logits: torch.Tensor, num_proposals: int, pure_prefix_len: int, k: int):
@@ -99,6 +106,7 @@ def rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_tabl
             offset: Optional[torch.Tensor] = None, return_q_rows: bool = False,
             candidates: int = 0):
     """O(N) reference of ``domino_rollout``: returns (tokens [B, N], q [B, N], q_rows)."""
+    wdtype = w2.dtype
     hidden, base = _f32(hidden), _f32(base_logits)
     w_ih, w_hh, w1, w2, emb = map(_f32, (w_ih, w_hh, w1, w2, embedding))
     table = None if gru_table is None else _f32(gru_table)
@@ -114,11 +122,11 @@ def rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_tabl
         sd = 0 if seed is None else int(seed[b])
         off = 0 if offset is None else int(offset[b])
         h = torch.zeros(G)
-        h = gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), h, w_hh)
+        h = _storage(gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), h, w_hh), wdtype)
         for i in range(1, N + 1):
             logits = base[b, i - 1].clone()
             if i > P:
-                logits = logits + _correction(w1, w2, _zz(hidden[b], i, shift_label), h)
+                logits = logits + _correction(w1, w2, _zz(hidden[b], i, shift_label), h, wdtype)
                 if cand is not None:
                     keep = torch.zeros(V, dtype=torch.bool)
                     keep[cand[b]] = True
@@ -135,7 +143,7 @@ def rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_tabl
             tokens[b, i - 1] = y
             q[b, i - 1] = float(np.exp(np.float64(lq)))
             if i < N:
-                h = gru_cell(_gru_input(y, emb, w_ih, table), h, w_hh)
+                h = _storage(gru_cell(_gru_input(y, emb, w_ih, table), h, w_hh), wdtype)
     return tokens, q, q_rows
 
 
@@ -184,6 +192,7 @@ def tree_rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru
                  shift_label: bool = True, pure_prefix_len: int = 1, topk: int, depth: int,
                  budget: int, temperature=None, seed=None, offset=None):
     """Reference of ``domino_tree_rollout``: (tokens, parents, q [B, budget+1], num_nodes [B])."""
+    wdtype = w2.dtype
     hidden, base = _f32(hidden), _f32(base_logits)
     w_ih, w_hh, w1, w2, emb = map(_f32, (w_ih, w_hh, w1, w2, embedding))
     table = None if gru_table is None else _f32(gru_table)
@@ -198,7 +207,7 @@ def tree_rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru
         sd = 0 if seed is None else int(seed[b])
         off = 0 if offset is None else int(offset[b])
         tok, par, qs, cum = [int(anchor[b])], [-1], [1.0], [np.float32(0)]
-        hs = [gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), torch.zeros(G), w_hh)]
+        hs = [_storage(gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), torch.zeros(G), w_hh), wdtype)]
         frontier = [0]
         for d in range(depth):
             i = d + 1
@@ -206,7 +215,7 @@ def tree_rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru
             for f in frontier:
                 logits = base[b, i - 1].clone()
                 if i > P:
-                    logits = logits + _correction(w1, w2, _zz(hidden[b], i, shift_label), hs[f])
+                    logits = logits + _correction(w1, w2, _zz(hidden[b], i, shift_label), hs[f], wdtype)
                 stream = philox.stream_id(philox.DRAFT_TREE, f)
                 for rank, (y, lq) in enumerate(_pick(logits, topk, T, sd, off, stream)):
                     cands.append((np.float32(cum[f] + lq), f, rank, y, lq))
@@ -219,7 +228,8 @@ def tree_rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru
                 par.append(f)
                 qs.append(float(np.exp(np.float64(lq))))
                 cum.append(c_cum)
-                hs.append(gru_cell(_gru_input(y, emb, w_ih, table), hs[f], w_hh) if i < depth else None)
+                hs.append(_storage(gru_cell(_gru_input(y, emb, w_ih, table), hs[f], w_hh), wdtype)
+                          if i < depth else None)
                 frontier.append(len(tok) - 1)
             if not frontier:
                 break

@@ -90,6 +90,18 @@ struct RolloutParams {
 // ---- element-wise math shared by the CPU and CUDA kernels (domino::det: same bits everywhere) --
 DOMINO_HD float sigmoid(float x) { return det::div(1.0f, det::add(1.0f, det::exp(det::sub(0.0f, x)))); }
 DOMINO_HD float silu(float x) { return det::mul(x, sigmoid(x)); }
+// Activations that feed a weight GEMV are stored in the weight dtype (round to nearest even): the
+// correction's hidden m = silu(pre) and the GRU state h. That is what the PyTorch modules compute
+// with bf16 / fp16 weights (nn.Linear / nn.GRU outputs are in the weight dtype), what the ports do
+// (spec §4.4: "store h in bf16"), and it makes every GEMV a sum of exact bf16 x bf16 products, so
+// the CPU (vdpbf16ps) and tensor cores accumulate them in fp32 with nothing else rounded. fp32
+// weights: nothing is rounded.
+DOMINO_HD float to_weight_precision(float x, DType wdtype) {
+  if (wdtype == DType::BF16) return to_float(to_bf16(x));
+  if (wdtype == DType::F16) return to_float(to_f16(x));
+  return x;
+}
+DOMINO_HD float head_activation(float pre, DType wdtype) { return to_weight_precision(silu(pre), wdtype); }
 DOMINO_HD float tanh_(float x) { return det::sub(det::mul(2.0f, sigmoid(det::mul(2.0f, x))), 1.0f); }
 
 // PyTorch GRU cell without biases, one element of the G-dim state.
