@@ -215,17 +215,16 @@ class Engine {
     return static_cast<const Tb*>(p_.base) + b * p_.base_stride_b + int64_t(i - 1) * p_.base_stride_n;
   }
 
-  // Fold a tile of scores s[0, n) with vocabulary ids (v0 + j, or ids[j]) into the row's state.
+  // Fold a tile of scores s[0, n) with vocabulary ids (v0 + j, or ids[j]) into the row's state;
+  // `base` (row-aligned with s, or null when already added): s = base + s (add) or base (!add).
   void consume(TopK& st, float* s, int64_t n, int64_t v0, const int32_t* ids, const RowCtx& c,
-               float* qrow) const {
-    if (!c.greedy) cpu::scale_inplace(s, n, c.temperature);
-    float tmax, tsum;
-    cpu::sanitize_max_sumexp(s, n, tmax, tsum);
+               float* qrow, const void* base = nullptr, bool add = true) const {
+    const float tmax = cpu::finish_scores(s, n, base, p_.base_dtype, add, c.greedy ? 0.0f : c.temperature);
     if (qrow) {
       for (int64_t j = 0; j < n; ++j) qrow[ids ? ids[j] : v0 + j] = s[j];
     }
     if (!(tmax > -det::kInf)) return;
-    softmax_fold(st, tmax, tsum);
+    softmax_fold(st, tmax, cpu::sum_exp(s, n, tmax));
     const int k = K_;
     auto id = [&](int64_t j) { return int32_t(ids ? ids[j] : v0 + j); };
     if (c.greedy) {
@@ -362,8 +361,7 @@ class Engine {
               const int64_t bsz = p_.base_dtype == DType::F32 ? 4 : 2;
               const char* base = static_cast<const char*>(p_.base) +
                   (ctx[a].b * p_.base_stride_b + int64_t(i - 1) * p_.base_stride_n + v0) * bsz;
-              cpu::add_base(s, base, p_.base_dtype, n, corrected);
-              consume(st[a], s, n, v0, nullptr, ctx[a], qrow(ctx[a].b));
+              consume(st[a], s, n, v0, nullptr, ctx[a], qrow(ctx[a].b), base, corrected);
             }
           }
         }

@@ -178,46 +178,49 @@ DOMINO_AVX512 inline __m512 exp_nonpos_avx512(__m512 y) {
   return _mm512_scalef_ps(p, k);
 }
 
-DOMINO_AVX512 void sanitize_max_sumexp_avx512(float* x, int64_t n, float& max, float& sum) {
-  const __m512 ninf = _mm512_set1_ps(-det::kInf);
-  __m512 m = ninf;
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    __m512 v = _mm512_loadu_ps(x + j);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    if (nan) {
-      v = _mm512_mask_mov_ps(v, nan, ninf);
-      _mm512_storeu_ps(x + j, v);
-    }
-    m = _mm512_max_ps(v, m);
-  }
-  float mx = _mm512_reduce_max_ps(m);
-  for (; j < n; ++j) {
-    if (det::is_nan(x[j])) x[j] = -det::kInf;
-    if (x[j] > mx) mx = x[j];
-  }
-  max = mx;
-  if (!(mx > -det::kInf)) {
-    sum = 0.0f;
-    return;
-  }
-  const __m512 mv = _mm512_set1_ps(mx);
-  __m512 s = _mm512_setzero_ps();
-  j = 0;
-  for (; j + 16 <= n; j += 16) s = _mm512_add_ps(s, exp_nonpos_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv)));
-  if (j < n) {
-    const __mmask16 k = __mmask16((1u << (n - j)) - 1u);
-    const __m512 v = _mm512_mask_loadu_ps(ninf, k, x + j);
-    s = _mm512_add_ps(s, _mm512_maskz_mov_ps(k, exp_nonpos_avx512(_mm512_sub_ps(v, mv))));
-  }
-  sum = _mm512_reduce_add_ps(s);
+// 16 base logits (mask m) in fp32.
+DOMINO_AVX512 inline __m512 load_base16(const void* base, DType dtype, int64_t j, __mmask16 m) {
+  if (dtype == DType::F32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + j);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + j);
+  if (dtype == DType::F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-DOMINO_AVX512 void scale_inplace_avx512(float* x, int64_t n, float t) {
-  const __m512 tv = _mm512_set1_ps(t);
+DOMINO_AVX512 float finish_scores_avx512(float* s, int64_t n, const void* base, DType dtype, bool add,
+                                         float t) {
+  const __m512 ninf = _mm512_set1_ps(-det::kInf), tv = _mm512_set1_ps(t);
+  __m512 mx = ninf;
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1u);
+    __m512 v;
+    if (!base)
+      v = _mm512_maskz_loadu_ps(k, s + j);
+    else if (add)
+      v = _mm512_add_ps(load_base16(base, dtype, j, k), _mm512_maskz_loadu_ps(k, s + j));
+    else
+      v = load_base16(base, dtype, j, k);
+    if (t > 0.0f) v = _mm512_div_ps(v, tv);
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), ninf);
+    _mm512_mask_storeu_ps(s + j, k, v);
+    mx = _mm512_mask_max_ps(mx, k, v, mx);
+  }
+  return _mm512_reduce_max_ps(mx);
+}
+
+DOMINO_AVX512 float sum_exp_avx512(const float* x, int64_t n, float mx) {
+  const __m512 mv = _mm512_set1_ps(mx);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;  // two chains
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(x + j, _mm512_div_ps(_mm512_loadu_ps(x + j), tv));
-  for (; j < n; ++j) x[j] = det::div(x[j], t);
+  for (; j + 32 <= n; j += 32) {
+    s0 = _mm512_add_ps(s0, exp_nonpos_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv)));
+    s1 = _mm512_add_ps(s1, exp_nonpos_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), mv)));
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1u);
+    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-det::kInf), k, x + j);
+    s0 = _mm512_add_ps(s0, _mm512_maskz_mov_ps(k, exp_nonpos_avx512(_mm512_sub_ps(v, mv))));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
 DOMINO_AVX512 int64_t find_first_avx512(const float* x, int64_t n, float value) {
@@ -441,27 +444,6 @@ DOMINO_AVX512BF16 void score_rows_bf16_pairs_avx512(const uint16_t* W, int64_t l
                     });
 }
 
-DOMINO_AVX512 void add_base_bf16_avx512(float* s, const uint16_t* base, int64_t n, bool add) {
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m512 b = _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + j))), 16));
-    _mm512_storeu_ps(s + j, add ? _mm512_add_ps(b, _mm512_loadu_ps(s + j)) : b);
-  }
-  for (; j < n; ++j) {
-    const float b = bits_to_float(uint32_t(base[j]) << 16);
-    s[j] = add ? det::add(b, s[j]) : b;
-  }
-}
-
-DOMINO_AVX512 void add_base_f32_avx512(float* s, const float* base, int64_t n, bool add) {
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m512 b = _mm512_loadu_ps(base + j);
-    _mm512_storeu_ps(s + j, add ? _mm512_add_ps(b, _mm512_loadu_ps(s + j)) : b);
-  }
-  for (; j < n; ++j) s[j] = add ? det::add(base[j], s[j]) : base[j];
-}
 #endif
 
 }  // namespace
@@ -515,21 +497,32 @@ void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_
   std::abort();  // callers check bf16_pairs()
 }
 
-void add_base(float* s, const void* base, DType dtype, int64_t n, bool add) {
+float finish_scores(float* s, int64_t n, const void* base, DType base_dtype, bool add, float t) {
 #ifdef DOMINO_X86
-  if (have_avx512()) {
-    if (dtype == DType::BF16) return add_base_bf16_avx512(s, static_cast<const uint16_t*>(base), n, add);
-    if (dtype == DType::F32) return add_base_f32_avx512(s, static_cast<const float*>(base), n, add);
-  }
+  if (have_avx512()) return finish_scores_avx512(s, n, base, base_dtype, add, t);
 #endif
-  dispatch_dtype(dtype, [&](auto tag) {
+  float mx = -det::kInf;
+  dispatch_dtype(base_dtype, [&](auto tag) {
     using Tb = decltype(tag);
     const Tb* b = static_cast<const Tb*>(base);
-    if (add)
-      for (int64_t j = 0; j < n; ++j) s[j] = det::add(to_float(b[j]), s[j]);
-    else
-      for (int64_t j = 0; j < n; ++j) s[j] = to_float(b[j]);
+    for (int64_t j = 0; j < n; ++j) {
+      float v = !b ? s[j] : add ? det::add(to_float(b[j]), s[j]) : to_float(b[j]);
+      if (t > 0.0f) v = det::div(v, t);
+      if (det::is_nan(v)) v = -det::kInf;
+      s[j] = v;
+      if (v > mx) mx = v;
+    }
   });
+  return mx;
+}
+
+float sum_exp(const float* s, int64_t n, float max) {
+#ifdef DOMINO_X86
+  if (have_avx512()) return sum_exp_avx512(s, n, max);
+#endif
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) sum += det::exp(det::sub(s[j], max));
+  return sum;
 }
 
 void to_f32_row(const void* src, DType dtype, int64_t K, int64_t Kp, float* dst) {
@@ -561,28 +554,6 @@ void dot_block(const float* w, int nrows, int64_t Kp, const float* X, int64_t ld
       out[a * ldo + j] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     }
   }
-}
-
-void sanitize_max_sumexp(float* x, int64_t n, float& max, float& sum) {
-#ifdef DOMINO_X86
-  if (have_avx512()) return sanitize_max_sumexp_avx512(x, n, max, sum);
-#endif
-  float mx = -det::kInf;
-  for (int64_t j = 0; j < n; ++j) {
-    if (det::is_nan(x[j])) x[j] = -det::kInf;
-    if (x[j] > mx) mx = x[j];
-  }
-  max = mx;
-  sum = 0.0f;
-  if (!(mx > -det::kInf)) return;
-  for (int64_t j = 0; j < n; ++j) sum += det::exp(det::sub(x[j], mx));
-}
-
-void scale_inplace(float* x, int64_t n, float t) {
-#ifdef DOMINO_X86
-  if (have_avx512()) return scale_inplace_avx512(x, n, t);
-#endif
-  for (int64_t j = 0; j < n; ++j) x[j] = det::div(x[j], t);
 }
 
 int64_t find_first(const float* x, int64_t n, float value) {

@@ -54,15 +54,13 @@ void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_
                            const uint16_t* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
                            bool stream);
 
-// s[j] = base[j] + s[j] (add) or s[j] = base[j] (!add), base in its own dtype.
-void add_base(float* s, const void* base, DType dtype, int64_t n, bool add);
+// One pass over a tile of scores: s[j] = base[j] + s[j] (add) or base[j] (!add) when base is
+// given (in its own dtype), then s[j] / t when t > 0 (correctly rounded, as domino::det::div),
+// NaN -> -inf (a NaN score never wins). Returns the max (-inf when every element is -inf).
+float finish_scores(float* s, int64_t n, const void* base, DType base_dtype, bool add, float t);
 
-// Elementwise over a tile: NaN -> -inf (a NaN score never wins), then (max, sum exp(x - max)).
-// max = -inf and sum = 0 when every element is -inf.
-void sanitize_max_sumexp(float* x, int64_t n, float& max, float& sum);
-
-// x[j] = x[j] / t (correctly rounded division, same bits as domino::det::div).
-void scale_inplace(float* x, int64_t n, float t);
+// sum exp(s[j] - max) for a finite max (the softmax normaliser; vectorised exp, ~2 ulp).
+float sum_exp(const float* s, int64_t n, float max);
 
 // Index of the first element equal to `value` in x[0, n) (n if none).
 int64_t find_first(const float* x, int64_t n, float value);
