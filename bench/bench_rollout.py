@@ -13,7 +13,8 @@ building the real one is a 3.8 TFLOP GEMM). Same process, same inputs:
   ours: torch.ops.domino.domino_rollout (with the GRU table, and without it: W_ih GEMV per step).
 
 Floor: the bytes of embed_proj.2 read once per corrected step (N - P = 14 steps) over the copy
-bandwidth measured in this run. CPU figures are CPU figures; the GPU rows (--device cuda) only
+bandwidth measured in this run ((read + written bytes) / s of a 256 MB copy); x_read_floor uses
+the read-only bandwidth (a 256 MB sum) instead. CPU figures are CPU figures; the GPU rows (--device cuda) only
 come from the GPU check script.
 
     python -m bench.bench_rollout [--device cpu|cuda] [--batches 1,8] [--iters 5]
@@ -28,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import domino_kernels as dk
-from bench.harness import copy_bandwidth_gbs, print_table, read_bandwidth_gbs, time_fn, write_results
+from bench.harness import (copy_bandwidth_gbs, print_table, read_bandwidth_gbs, time_fn, time_interleaved,
+                           write_results)
 
 H, G, E, V, S, N, P = 4096, 1024, 256, 151936, 16, 15, 1
 
@@ -139,14 +141,26 @@ def main(argv=None):
                                            pure_prefix_len=P, gru_table=table)
         ours_e = lambda: dk.domino_rollout(hidden, base, anchor, head_w, emb, num_proposals=N,  # noqa: E731
                                            pure_prefix_len=P)
-        t_table = time_fn(ours_t, warmup=1, iters=args.iters, device=dev)
-        t_emb = time_fn(ours_e, warmup=1, iters=max(2, args.iters // 2), device=dev)
+        # ours (with and without the table), (b) eager with the bf16 weights as given and with
+        # fp32 copies (the faster one is the baseline), and the bandwidth probe, called in turn:
+        # the ratios and the floor then come from the same memory conditions (this VM's
+        # bandwidth drifts by 30-50% within a minute).
+        hidden32 = hidden.float()
+        bw_samples, read_samples = [], []
+
+        def probe():
+            bw_samples.append(copy_bandwidth_gbs(dev))
+            read_samples.append(read_bandwidth_gbs(dev))
+
+        t = time_interleaved({
+            "table": ours_t, "emb": ours_e, "probe": probe,
+            "eager": lambda: eager_rollout(hidden, base, anchor, w, table),
+            "eager32": lambda: eager_rollout(hidden32, base, anchor, w32, table)},
+            warmup=1, iters=args.iters, device=dev)
+        t_table, t_emb, t_eager, t_eager32 = t["table"], t["emb"], t["eager"], t["eager32"]
+        copy_bw_row = sorted(bw_samples)[len(bw_samples) // 2]
+        read_bw_row = sorted(read_samples)[len(read_samples) // 2]
         cpu_us = process_cpu_us(ours_t, args.iters) if dev.type == "cpu" else None
-        # (b) eager: bf16 weights as given, and fp32 copies; the faster one is the baseline
-        t_eager = time_fn(lambda: eager_rollout(hidden, base, anchor, w, table), warmup=1,
-                          iters=max(2, args.iters // 2), device=dev)
-        t_eager32 = time_fn(lambda: eager_rollout(hidden.float(), base, anchor, w32, table), warmup=1,
-                            iters=max(2, args.iters // 2), device=dev)
         eager_best = min(t_eager["median_us"], t_eager32["median_us"])
         row = {"batch": B, "ours_table_us": t_table["median_us"], "ours_table_p90_us": t_table["p90_us"],
                "ours_emb_us": t_emb["median_us"], "per_step_us": t_table["median_us"] / steps,
@@ -165,22 +179,29 @@ def main(argv=None):
                                  warmup=0, iters=2, device=dev)
             row.update(quadratic_us=t_quad["median_us"], vs_quadratic=t_quad["median_us"] / t_table["median_us"])
             del gru, head
-        floor_us = steps * w2_bytes / (copy_bw * 1e9) * 1e6
-        row.update(w2_floor_us=floor_us, x_floor=t_table["median_us"] / floor_us,
+        floor_us = steps * w2_bytes / (copy_bw_row * 1e9) * 1e6
+        read_floor_us = steps * w2_bytes / (read_bw_row * 1e9) * 1e6
+        row.update(copy_GBps=copy_bw_row, read_GBps=read_bw_row, w2_floor_us=floor_us, x_floor=t_table["median_us"] / floor_us,
+                   x_read_floor=t_table["median_us"] / read_floor_us,
                    w2_GBps=steps * w2_bytes / (t_table["median_us"] * 1e-6) / 1e9)
         rows.append(row)
-        with torch.no_grad():  # sanity: ours and the eager loop draft the same tokens (fp32 ties aside)
-            same = (ours_t()[0] == eager_rollout(hidden.float(), base, anchor, w32, table)).float().mean().item()
-        row["token_agreement_vs_eager_fp32"] = same
+        with torch.no_grad():  # sanity: ours and the eager loops draft the same tokens (near-ties aside)
+            ours_tokens = ours_t()[0]
+            row["token_agreement_vs_eager_bf16"] = (
+                ours_tokens == eager_rollout(hidden, base, anchor, w, table)).float().mean().item()
+            row["token_agreement_vs_eager_fp32"] = (
+                ours_tokens == eager_rollout(hidden.float(), base, anchor, w32, table)).float().mean().item()
         del hidden, base
-    cols = ["batch", "ours_table_us", "ours_cpu_time_us", "per_step_us", "ours_emb_us", "eager_bf16_us", "eager_fp32_us",
-            "vs_eager", "quadratic_us", "vs_quadratic", "w2_floor_us", "x_floor", "w2_GBps",
-            "token_agreement_vs_eager_fp32"]
+    cols = ["batch", "copy_GBps", "ours_table_us", "ours_cpu_time_us", "per_step_us", "ours_emb_us", "eager_bf16_us", "eager_fp32_us",
+            "vs_eager", "quadratic_us", "vs_quadratic", "w2_floor_us", "x_floor", "x_read_floor", "w2_GBps",
+            "token_agreement_vs_eager_bf16", "token_agreement_vs_eager_fp32"]
     print_table(rows, cols)
     path = write_results("rollout", rows, {
         "shapes": dict(H=H, G=G, E=E, V=V, S=S, N=N, P=P), "weights": "bfloat16",
         "copy_bandwidth_GBps": copy_bw, "read_bandwidth_GBps": read_bw,
-        "floor": "(N - P) * V * E * 2 bytes / copy bandwidth",
+        "floor": "(N - P) * V * E * 2 bytes / copy bandwidth ((read + written bytes) / s of a 256 MB copy, "
+                 "the median of samples taken between the timed calls: copy_GBps); "
+                 "x_read_floor: the same bytes over the read bandwidth (a 256 MB sum)",
         "loadavg_1_5_15": list(os.getloadavg()),  # the CI box is shared: record the contention
         "baselines": {"quadratic": "SpecForge-style O(N^2) loop (nn.GRU over the block + full head per step, fp32)",
                       "eager": "O(N) eager torch: hoisted W1z, [W1h|W_hh] GEMM, table gather, W2 GEMV per step"}},

@@ -54,6 +54,28 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20,
             "min_us": times[0], "n": len(times)}
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 1, iters: int = 5,
+                     device: torch.device | str | None = "cpu") -> dict[str, dict]:
+    """time_fn for several functions, called in turn (a, b, c, a, b, c, ...): on a shared or
+    throttled machine whose memory bandwidth drifts over seconds, every function then sees the
+    same conditions, so their ratios are stable even when the absolute times are not."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            times[name].append(time_fn(fn, warmup=0, iters=1, device=device)["median_us"])
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))]  # noqa: E731
+        out[name] = {"median_us": statistics.median(ts), "p10_us": q(0.1), "p90_us": q(0.9),
+                     "min_us": ts[0], "n": len(ts)}
+    return out
+
+
 def copy_bandwidth_gbs(device: torch.device | str = "cpu", nbytes: int | None = None) -> float:
     """Measured memory bandwidth ceiling: (bytes read + bytes written) / s of a large copy."""
     device = torch.device(device)
