@@ -10,7 +10,9 @@ building the real one is a 3.8 TFLOP GEMM). Same process, same inputs:
   (b) eager O(N): the best PyTorch loop: zp = zz W1z^T hoisted, per step one [W1h | W_hh] GEMM,
       a GRU table gather, silu, one W2 GEMV for the batch, base add, argmax (bf16 and fp32
       weight copies are both timed; the faster counts).
-  ours: torch.ops.domino.domino_rollout (with the GRU table, and without it: W_ih GEMV per step).
+  ours: torch.ops.domino.domino_rollout with the GRU table and, where the CPU runs the packed
+      kernel (AVX512_BF16), the packed W2 copy (ours_table_us); the same without the packed copy
+      (ours_unpacked_us); without the table (W_ih GEMV per step; ours_emb_us).
 
 Floor: the bytes of embed_proj.2 read once per corrected step (N - P = 14 steps) over the copy
 bandwidth measured in this run ((read + written bytes) / s of a 256 MB copy); x_read_floor uses
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import domino_kernels as dk
+from domino_kernels import _C
 from bench.harness import (copy_bandwidth_gbs, print_table, read_bandwidth_gbs, time_fn, time_interleaved,
                            write_results)
 
@@ -134,14 +137,19 @@ def main(argv=None):
     steps = N - P
     w, emb, table = make_weights(dev)
     w32 = {k: v.float() for k, v in w.items()}
+    # The packed W2 copy (pack_w2) where this CPU runs the packed kernel; built once, like the table.
+    packed = dk.pack_w2(w["w2"]) if dev.type == "cpu" and _C.CPU_PACKED_W2 else None
     for B in [int(x) for x in batches.split(",")]:
         hidden, base, anchor = make_batch(B, dev)
         head_w = dk.DominoHeadWeights(w["w_ih"], w["w_hh"], w["w1"], w["w2"])
         ours_t = lambda: dk.domino_rollout(hidden, base, anchor, head_w, emb, num_proposals=N,  # noqa: E731
+                                           pure_prefix_len=P, gru_table=table, w2_packed=packed)
+        ours_r = lambda: dk.domino_rollout(hidden, base, anchor, head_w, emb, num_proposals=N,  # noqa: E731
                                            pure_prefix_len=P, gru_table=table)
         ours_e = lambda: dk.domino_rollout(hidden, base, anchor, head_w, emb, num_proposals=N,  # noqa: E731
-                                           pure_prefix_len=P)
-        # ours (with and without the table), (b) eager with the bf16 weights as given and with
+                                           pure_prefix_len=P, w2_packed=packed)
+        # ours (table + packed W2; without the packed copy; without the table), (b) eager with
+        # the bf16 weights as given and with
         # fp32 copies (the faster one is the baseline), and the bandwidth probe, called in turn:
         # the ratios and the floor then come from the same memory conditions (this VM's
         # bandwidth drifts by 30-50% within a minute).
@@ -153,7 +161,7 @@ def main(argv=None):
             read_samples.append(read_bandwidth_gbs(dev))
 
         t = time_interleaved({
-            "table": ours_t, "emb": ours_e, "probe": probe,
+            "table": ours_t, "rows": ours_r, "emb": ours_e, "probe": probe,
             "eager": lambda: eager_rollout(hidden, base, anchor, w, table),
             "eager32": lambda: eager_rollout(hidden32, base, anchor, w32, table)},
             warmup=1, iters=args.iters, device=dev)
@@ -164,6 +172,7 @@ def main(argv=None):
         eager_best = min(t_eager["median_us"], t_eager32["median_us"])
         row = {"batch": B, "ours_table_us": t_table["median_us"], "ours_table_p90_us": t_table["p90_us"],
                "ours_emb_us": t_emb["median_us"], "per_step_us": t_table["median_us"] / steps,
+               "ours_unpacked_us": t["rows"]["median_us"], "w2_packed": packed is not None,
                "eager_bf16_us": t_eager["median_us"], "eager_fp32_us": t_eager32["median_us"],
                "vs_eager": eager_best / t_table["median_us"], "ours_cpu_time_us": cpu_us}
         if not args.skip_quadratic:
@@ -192,7 +201,7 @@ def main(argv=None):
             row["token_agreement_vs_eager_fp32"] = (
                 ours_tokens == eager_rollout(hidden.float(), base, anchor, w32, table)).float().mean().item()
         del hidden, base
-    cols = ["batch", "copy_GBps", "ours_table_us", "ours_cpu_time_us", "per_step_us", "ours_emb_us", "eager_bf16_us", "eager_fp32_us",
+    cols = ["batch", "copy_GBps", "ours_table_us", "ours_cpu_time_us", "per_step_us", "ours_unpacked_us", "ours_emb_us", "eager_bf16_us", "eager_fp32_us",
             "vs_eager", "quadratic_us", "vs_quadratic", "w2_floor_us", "x_floor", "x_read_floor", "w2_GBps",
             "token_agreement_vs_eager_bf16", "token_agreement_vs_eager_fp32"]
     print_table(rows, cols)

@@ -121,6 +121,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
         width = 1 + (tree_budget if tree else n_prop)
         if dev.type == "cuda":
             draft.use_gru_table(target)  # built once per draft, kept for later calls
+        else:
+            draft.use_packed_w2()  # likewise (a no-op without AVX512_BF16 or a bf16 head)
         stats["mode"] = ("tree" if tree else "chain") + (" domino" if head is not None else " dflash")
     else:
         width = 1
@@ -295,7 +297,7 @@ def _without_head(draft: DraftModel) -> DraftModel:
     import copy
 
     plain = copy.copy(draft)
-    plain.head, plain.gru_table = None, None
+    plain.head, plain.gru_table, plain.w2_packed = None, None, None
     return plain
 
 

@@ -33,6 +33,8 @@ def main() -> int:
         print(f"CUDA kernels: compiled for TORCH_CUDA_ARCH_LIST={_C.CUDA_ARCH_LIST}")
     else:
         print("CUDA kernels: not compiled (CPU-only build)")
+    print("CPU rollout kernel: " + ("packed W2, vdpbf16ps (AVX512_BF16)" if _C.CPU_PACKED_W2
+                                    else "row kernel (no AVX512_BF16, or disabled)"))
     print(f"GPU available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""))
     print("ops:")

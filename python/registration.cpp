@@ -16,14 +16,17 @@ TORCH_LIBRARY(domino, m) {
       "domino_rollout(Tensor hidden, Tensor base_logits, Tensor anchor, Tensor w_ih, Tensor w_hh, "
       "Tensor w1, Tensor w2, Tensor embedding, Tensor? gru_table, int num_proposals, "
       "bool shift_label, int pure_prefix_len, Tensor? temperature, Tensor? seed, Tensor? offset, "
-      "bool return_q_rows, int candidates) -> (Tensor tokens, Tensor q, Tensor q_rows)");
+      "bool return_q_rows, int candidates, Tensor? w2_packed=None) -> (Tensor tokens, Tensor q, Tensor q_rows)");
   m.def(
       "domino_tree_rollout(Tensor hidden, Tensor base_logits, Tensor anchor, Tensor w_ih, "
       "Tensor w_hh, Tensor w1, Tensor w2, Tensor embedding, Tensor? gru_table, bool shift_label, "
       "int pure_prefix_len, int topk, int depth, int budget, Tensor? temperature, Tensor? seed, "
-      "Tensor? offset) -> (Tensor tokens, Tensor parents, Tensor q, Tensor num_nodes)");
+      "Tensor? offset, Tensor? w2_packed=None) -> (Tensor tokens, Tensor parents, Tensor q, Tensor num_nodes)");
   // GRU input table [V, 3G] = embedding @ w_ih^T (fp32 accumulation, weight dtype).
   m.def("build_gru_table(Tensor embedding, Tensor w_ih) -> Tensor");
+  // CPU copy of a bf16 W2 [V, E] in the packed layout of rollout.h (pack_w2_bf16): int32
+  // [ceil(V/16), ceil(E/2), 16], the optional w2_packed argument of the rollout ops.
+  m.def("pack_w2(Tensor w2) -> Tensor");
 
   // Attention over a paged KV cache (domino/attention.h). mask_mode: 0 causal, 1 tree (packed
   // ancestor bits over the new tokens in tree_mask [total_q, W] int32), 2 full. Returns out
@@ -56,6 +59,8 @@ TORCH_LIBRARY(domino, m) {
 // registrations above). No pybind11: ops are reached only through torch.ops.domino.
 #include <Python.h>
 
+#include "domino/rollout.h"
+
 #ifndef DOMINO_CUDA_ARCH_LIST
 #define DOMINO_CUDA_ARCH_LIST ""
 #endif
@@ -75,5 +80,7 @@ PyMODINIT_FUNC PyInit__C(void) {
 #endif
   PyModule_AddStringConstant(m, "CUDA_ARCH_LIST", DOMINO_CUDA_ARCH_LIST);
   PyModule_AddStringConstant(m, "TORCH_VERSION", DOMINO_TORCH_VERSION);
+  // 1 when the rollout's packed-W2 CPU kernel runs here (see domino::pack_w2).
+  PyModule_AddIntConstant(m, "CPU_PACKED_W2", domino::rollout::cpu_uses_packed_w2() ? 1 : 0);
   return m;
 }

@@ -1,5 +1,5 @@
-// Binding of the Domino rollout ops (domino/rollout.h): domino_rollout (chain), domino_tree_rollout
-// and build_gru_table. Argument checks name the argument; CPU runs the framework-free engine on
+// Binding of the Domino rollout ops (domino/rollout.h): domino_rollout (chain), domino_tree_rollout,
+// build_gru_table and pack_w2. Argument checks name the argument; CPU runs the framework-free engine on
 // at::parallel_for; CUDA runs the kernel sequence on the current stream with a device workspace.
 #include <ATen/Parallel.h>
 #include <ATen/ops/amax.h>
@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "binding_utils.h"
 #include "domino/rollout.h"
@@ -34,7 +35,13 @@ struct HeadArgs {
   const OptTensor& temperature;
   const OptTensor& seed;
   const OptTensor& offset;
+  const OptTensor& w2_packed;
 };
+
+// The packed W2 layout's shape for W2 [V, E].
+std::vector<int64_t> packed_w2_shape(int64_t V, int64_t E) {
+  return {rollout::packed_w2_groups(V), rollout::packed_w2_pairs(E), rollout::kPackRows};
+}
 
 void check_weight(const Tensor& t, const Tensor& hidden, int64_t rows, int64_t cols,
                   const char* op, const char* arg, const char* rows_what, const char* cols_what) {
@@ -78,6 +85,18 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   check_weight(x.w2, hidden, V, E, op, "w2", "V", "E, from 'w1'");
   check_weight(x.embedding, hidden, V, H, op, "embedding", "V, from 'w2'", "H, from 'hidden'");
   if (x.gru_table) check_weight(*x.gru_table, hidden, V, 3 * G, op, "gru_table", "V, from 'w2'", "3G, from 'w_ih'");
+  if (x.w2_packed) {
+    const Tensor& pk = *x.w2_packed;
+    DOMINO_CHECK_ARG(pk.is_cpu() && hidden.is_cpu(), op, "w2_packed",
+                     "is a CPU layout (from domino::pack_w2); pass None on ", hidden.device());
+    DOMINO_CHECK_ARG(wdtype == DType::BF16, op, "w2_packed", "needs bf16 weights, got ", hidden.scalar_type());
+    DOMINO_CHECK_ARG(pk.scalar_type() == at::kInt, op, "w2_packed", "must be int32 (from domino::pack_w2), got ",
+                     pk.scalar_type());
+    DOMINO_CHECK_ARG(pk.sizes() == at::IntArrayRef(packed_w2_shape(V, E)), op, "w2_packed",
+                     "must have shape [ceil(V/16), ceil(E/2), 16] = ", at::IntArrayRef(packed_w2_shape(V, E)),
+                     " for 'w2' ", shape_str(x.w2), " (from domino::pack_w2), got ", shape_str(pk));
+    check_contiguous(pk, op, "w2_packed");
+  }
 
   const Tensor& base = x.base_logits;
   check_same_device(base, hidden, op, "base_logits", "hidden");
@@ -131,6 +150,7 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   p.w2 = x.w2.data_ptr();
   p.embedding = x.embedding.data_ptr();
   p.gru_table = x.gru_table ? x.gru_table->data_ptr() : nullptr;
+  p.w2_packed = x.w2_packed ? reinterpret_cast<const uint32_t*>(x.w2_packed->data_ptr<int32_t>()) : nullptr;
   p.wdtype = wdtype;
   p.B = B; p.S = S; p.H = H; p.G = G; p.E = E; p.V = V;
   p.depth = int32_t(depth);
@@ -164,9 +184,9 @@ std::tuple<Tensor, Tensor, Tensor> domino_rollout(
     const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
     const OptTensor& gru_table, int64_t num_proposals, bool shift_label, int64_t pure_prefix_len,
     const OptTensor& temperature, const OptTensor& seed, const OptTensor& offset,
-    bool return_q_rows, int64_t candidates) {
+    bool return_q_rows, int64_t candidates, const OptTensor& w2_packed) {
   constexpr const char* kOp = "domino::domino_rollout";
-  HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset};
+  HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset, w2_packed};
   rollout::RolloutParams p = common_params(x, num_proposals, shift_label, pure_prefix_len, kOp, "num_proposals");
   DOMINO_CHECK_ARG(candidates >= 0, kOp, "candidates", "must be >= 0 (0 = exact full vocabulary), got ", candidates);
   const int64_t B = p.B, N = num_proposals, V = p.V;
@@ -202,9 +222,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
     const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
     const OptTensor& gru_table, bool shift_label, int64_t pure_prefix_len, int64_t topk,
     int64_t depth, int64_t budget, const OptTensor& temperature, const OptTensor& seed,
-    const OptTensor& offset) {
+    const OptTensor& offset, const OptTensor& w2_packed) {
   constexpr const char* kOp = "domino::domino_tree_rollout";
-  HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset};
+  HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset, w2_packed};
   rollout::RolloutParams p = common_params(x, depth, shift_label, pure_prefix_len, kOp, "depth");
   DOMINO_CHECK_ARG(topk >= 1 && topk <= rollout::kMaxTopK, kOp, "topk", "must be in [1, ",
                    rollout::kMaxTopK, "], got ", topk);
@@ -253,15 +273,37 @@ Tensor build_gru_table(const Tensor& embedding, const Tensor& w_ih) {
   return table;
 }
 
+// W2 [V, E] bf16 -> the packed layout (rollout.h), on the CPU, threaded over groups.
+Tensor pack_w2(const Tensor& w2) {
+  constexpr const char* kOp = "domino::pack_w2";
+  DOMINO_CHECK_ARG(w2.is_cpu(), kOp, "w2", "must be a CPU tensor (the packed layout is for the CPU kernel), got ",
+                   w2.device());
+  check_dim(w2, 2, kOp, "w2");
+  DOMINO_CHECK_ARG(w2.scalar_type() == at::kBFloat16, kOp, "w2",
+                   "must be bfloat16 (the layout holds bf16 pairs for vdpbf16ps), got ", w2.scalar_type());
+  const int64_t V = w2.size(0), E = w2.size(1);
+  DOMINO_CHECK_ARG(V > 0 && E > 0 && V < (int64_t(1) << 31), kOp, "w2", "must be non-empty with V < 2^31, got shape ",
+                   shape_str(w2));
+  const Tensor src = w2.contiguous();
+  Tensor packed = at::empty(packed_w2_shape(V, E), w2.options().dtype(at::kInt));
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.data_ptr<at::BFloat16>());
+  uint32_t* d = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+  at::parallel_for(0, rollout::packed_w2_groups(V), 64,
+                   [&](int64_t g0, int64_t g1) { rollout::pack_w2_bf16(s, V, E, g0, g1, d); });
+  return packed;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(domino, CPU, m) {
+  m.impl("pack_w2", &pack_w2);
   m.impl("domino_rollout", &domino_rollout);
   m.impl("domino_tree_rollout", &domino_tree_rollout);
   m.impl("build_gru_table", &build_gru_table);
 }
 #ifdef DOMINO_WITH_CUDA
 TORCH_LIBRARY_IMPL(domino, CUDA, m) {
+  m.impl("pack_w2", &pack_w2);  // raises: a CPU layout
   m.impl("domino_rollout", &domino_rollout);
   m.impl("domino_tree_rollout", &domino_tree_rollout);
   m.impl("build_gru_table", &build_gru_table);

@@ -481,3 +481,96 @@ def test_bf16_activations_are_stored_in_bf16():
     torch.testing.assert_close(q32, r32, atol=2e-6, rtol=2e-5)
     ok = ((q16 - q32).abs() <= 2e-6 + 2e-5 * q32.abs()).all(dim=-1)
     assert ok[:, 1:].float().mean() < 0.5  # proposal 1 is uncorrected (P = 1): equal there
+
+
+# ---------------------------------------------------------------- packed W2 (pack_w2)
+def _packed_reference(w2: torch.Tensor) -> torch.Tensor:
+    """The layout of rollout.h, written out: word (g, j, l) = W2[16g + l, 2j] | W2[16g + l, 2j + 1]
+    << 16 (bf16 bits), zero past V and past an odd E."""
+    V, E = w2.shape
+    G, J = (V + 15) // 16, (E + 1) // 2
+    bits = torch.zeros(G * 16, 2 * J, dtype=torch.int64)
+    bits[:V, :E] = w2.view(torch.int16).to(torch.int64) & 0xFFFF
+    words = bits[:, 0::2] | (bits[:, 1::2] << 16)                     # [16G, J]
+    words = words.view(G, 16, J).transpose(1, 2)                      # [G, J, 16]
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
+
+
+@pytest.mark.parametrize("E,V", [(24, 200), (25, 211), (64, 256)])  # V and E tails, whole groups
+def test_pack_w2_layout(E, V):
+    head = make_head(E=E, V=V, dtype=torch.bfloat16)[0]
+    assert torch.equal(dk.pack_w2(head.w2), _packed_reference(head.w2))
+
+
+@pytest.mark.parametrize("E,V", [(24, 200), (25, 211), (64, 256)])
+def test_packed_w2_gives_the_same_rollout(E, V):
+    """The packed kernel (used where the CPU has AVX512_BF16) computes the same bf16 products as
+    the row kernel, summed in another order: same tokens, chain and tree, greedy and sampled, and
+    q rows equal to fp32 rounding."""
+    head, emb, hidden, base, anchor = make_head(seed=41, E=E, V=V, dtype=torch.bfloat16)
+    pk = dk.pack_w2(head.w2)
+    s = dict(temperature=torch.tensor([0.0, 0.9, 1.3, 0.0]), seed=torch.arange(4),
+             offset=torch.zeros(4, dtype=torch.int64))
+    for kw in (dict(), s):
+        a = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=7, return_q_rows=True, **kw)
+        b = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=7, return_q_rows=True,
+                              w2_packed=pk, **kw)
+        assert torch.equal(a[0], b[0])
+        torch.testing.assert_close(a[2], b[2], atol=2e-6, rtol=2e-5)
+        t = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=3, depth=4, budget=14, **kw)
+        u = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=3, depth=4, budget=14,
+                                   w2_packed=pk, **kw)
+        assert torch.equal(t[0], u[0]) and torch.equal(t[1], u[1])
+    for B in (1, 2, 3):  # activation-row groups of 1, 2 (+1)
+        a = dk.domino_rollout(hidden[:B], base[:B], anchor[:B], head, emb, num_proposals=7)
+        b = dk.domino_rollout(hidden[:B], base[:B], anchor[:B], head, emb, num_proposals=7, w2_packed=pk)
+        assert torch.equal(a[0], b[0])
+
+
+def test_packed_w2_bad_input_names_the_argument():
+    head, emb, hidden, base, anchor = make_head(B=2, dtype=torch.bfloat16)
+    pk = dk.pack_w2(head.w2)
+    with pytest.raises(ValueError, match="argument 'w2'"):
+        dk.pack_w2(head.w2.float())                                   # not bf16
+    with pytest.raises(ValueError, match="argument 'w2'"):
+        dk.pack_w2(head.w2[0])                                        # not 2-D
+    bad = [pk[:-1], pk.float(), pk.transpose(0, 1), torch.zeros(13, 12, 8, dtype=torch.int32)]
+    for p in bad:
+        with pytest.raises(ValueError, match="argument 'w2_packed'"):
+            dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=5, w2_packed=p)
+    with pytest.raises(ValueError, match="argument 'w2_packed'"):
+        dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=2, depth=3, budget=6, w2_packed=pk[1:])
+    head32 = dk.DominoHeadWeights(*(t.float() for t in head.tensors()))
+    with pytest.raises(ValueError, match="argument 'w2_packed'"):      # fp32 weights
+        dk.domino_rollout(hidden.float(), base, anchor, head32, emb.float(), num_proposals=5, w2_packed=pk)
+
+
+def test_packed_w2_opcheck():
+    head, emb, hidden, base, anchor = make_head(B=2, seed=14, dtype=torch.bfloat16)
+    pk = dk.pack_w2(head.w2)
+    torch.library.opcheck(torch.ops.domino.pack_w2.default, (head.w2,))
+    torch.library.opcheck(torch.ops.domino.domino_rollout.default,
+                          (hidden, base, anchor, *head.tensors(), emb, None, 5, True, 1, None,
+                           None, None, False, 0, pk))
+    torch.library.opcheck(torch.ops.domino.domino_tree_rollout.default,
+                          (hidden, base, anchor, *head.tensors(), emb, None, True, 1, 2, 3, 6,
+                           None, None, None, pk))
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_bf16" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="the packed kernel needs AVX512_BF16")
+def test_packed_w2_is_what_runs():
+    """Mutation check: with AVX512_BF16 the scores come from w2_packed, not from w2 (a zeroed
+    packed copy leaves only the base logits)."""
+    head, emb, hidden, base, anchor = make_head(seed=42, dtype=torch.bfloat16)
+    zero = torch.zeros_like(dk.pack_w2(head.w2))
+    q = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=5, return_q_rows=True,
+                          w2_packed=zero)[2]
+    assert torch.allclose(q[:, 1:], torch.softmax(base[:, 1:5].float(), -1), atol=1e-6)

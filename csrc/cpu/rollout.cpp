@@ -27,6 +27,7 @@ using cpu::pad32;
 using cpu::to_f32_row;
 
 constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay in L1/L2)
+static_assert(kTile % kPackRows == 0, "a tile must start a packed W2 group");
 constexpr int64_t kMaxChunks = 64;  // partials per row of a vocabulary pass
 constexpr int64_t kPrefetchRows = 16;  // weight rows prefetched ahead of the current block
 
@@ -282,6 +283,7 @@ class Engine {
       });
     }
     const bool pairs = p_.wdtype == DType::BF16 && cpu::bf16_pairs();
+    const bool packed = pairs && p_.w2_packed != nullptr;  // see pack_w2_bf16
     const bool in_regs = !pairs && cpu::scores_in_registers();
     const int64_t E32 = pad32(E_);
     std::vector<float> mp;  // m packed for score_rows
@@ -335,7 +337,8 @@ class Engine {
       const int64_t nchunks = std::min(ntile, kMaxChunks);
       std::vector<TopK> part(nchunks * A);
       pf_(nchunks, 1, [&](int64_t c0, int64_t c1) {
-        const int64_t ld = std::min(kTile, V_);  // tile scratch [A][ld]: small V keeps it small
+        // tile scratch [A][ld]: small V keeps it small; whole packed groups of 16 are written
+        const int64_t ld = (std::min(kTile, V_) + kPackRows - 1) / kPackRows * kPackRows;
         std::vector<float> wbuf(kRowBlock * Ep_, 0.0f), tile(A * ld);
         for (int64_t c = c0; c < c1; ++c) {
           TopK* st = &part[c * A];
@@ -343,7 +346,11 @@ class Engine {
           const int64_t t_begin = c * ntile / nchunks, t_end = (c + 1) * ntile / nchunks;
           for (int64_t t = t_begin; t < t_end; ++t) {
             const int64_t v0 = t * kTile, n = std::min(kTile, V_ - v0);
-            if (corrected && pairs) {
+            if (corrected && packed) {  // kTile is a multiple of 16: v0 starts a group
+              const int64_t J = packed_w2_pairs(E_);
+              cpu::score_groups_packed(p_.w2_packed + (v0 / kPackRows) * J * kPackRows, J,
+                                       (n + kPackRows - 1) / kPackRows, mb.data(), E32, A, tile.data(), ld);
+            } else if (corrected && pairs) {
               cpu::score_rows_bf16_pairs(static_cast<const uint16_t*>(wrow(p_.w2, v0, E_)), E_, n, E_, mb.data(), E32, A,
                                          tile.data(), ld, /*stream=*/true);
             } else if (corrected && in_regs) {

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "domino/numerics.h"
+#include "domino/rollout.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -433,6 +434,52 @@ DOMINO_AVX512 void score_rows_avx512(const typename L::T* W, int64_t ldw, int64_
                     });
 }
 
+// C activation rows x one packed group of 16 vocabulary rows; the activation pair j is broadcast
+// from X (bf16 pairs, read as 32-bit words). S partial accumulators per row keep >= 8 independent
+// vdpbf16ps chains in flight at every C (the latency is ~6 cycles, one issues per cycle).
+template <int C>
+DOMINO_AVX512BF16 inline void score_group_packed(const uint32_t* Pg, int64_t J, const uint16_t* X,
+                                                 int64_t ldx, float* out, int64_t ldo) {
+  constexpr int S = C >= 8 ? 1 : 8 / C;
+  __m512 acc[C][S];
+  for (int c = 0; c < C; ++c)
+    for (int s = 0; s < S; ++s) acc[c][s] = _mm512_setzero_ps();
+  auto pair = [&](int c, int64_t j) DOMINO_AVX512BF16 {
+    uint32_t v;
+    __builtin_memcpy(&v, X + c * ldx + 2 * j, sizeof(v));
+    return (__m512bh)_mm512_set1_epi32(int(v));
+  };
+  int64_t j = 0;
+  for (; j + S <= J; j += S)
+    for (int s = 0; s < S; ++s) {
+      const __m512bh w = (__m512bh)_mm512_loadu_si512(Pg + (j + s) * kPackRows);
+      for (int c = 0; c < C; ++c) acc[c][s] = _mm512_dpbf16_ps(acc[c][s], w, pair(c, j + s));
+    }
+  for (; j < J; ++j) {
+    const __m512bh w = (__m512bh)_mm512_loadu_si512(Pg + j * kPackRows);
+    for (int c = 0; c < C; ++c) acc[c][0] = _mm512_dpbf16_ps(acc[c][0], w, pair(c, j));
+  }
+  for (int c = 0; c < C; ++c) {
+    __m512 v = acc[c][0];
+    for (int s = 1; s < S; ++s) v = _mm512_add_ps(v, acc[c][s]);
+    _mm512_storeu_ps(out + c * ldo, v);
+  }
+}
+
+DOMINO_AVX512BF16 void score_groups_packed_avx512(const uint32_t* P, int64_t J, int64_t ngroups,
+                                                  const uint16_t* X, int64_t ldx, int64_t A,
+                                                  float* out, int64_t ldo) {
+  for (int64_t g = 0; g < ngroups; ++g) {
+    const uint32_t* Pg = P + g * J * kPackRows;
+    float* o = out + g * kPackRows;
+    int64_t a = 0;
+    for (; a + 8 <= A; a += 8) score_group_packed<8>(Pg, J, X + a * ldx, ldx, o + a * ldo, ldo);
+    for (; a + 4 <= A; a += 4) score_group_packed<4>(Pg, J, X + a * ldx, ldx, o + a * ldo, ldo);
+    for (; a + 2 <= A; a += 2) score_group_packed<2>(Pg, J, X + a * ldx, ldx, o + a * ldo, ldo);
+    for (; a < A; ++a) score_group_packed<1>(Pg, J, X + a * ldx, ldx, o + a * ldo, ldo);
+  }
+}
+
 DOMINO_AVX512BF16 void score_rows_bf16_pairs_avx512(const uint16_t* W, int64_t ldw, int64_t nrows,
                                                     int64_t K, const uint16_t* X, int64_t ldx,
                                                     int64_t A, float* out, int64_t ldo, bool stream) {
@@ -480,6 +527,15 @@ void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t
 #endif
   (void)W; (void)wdtype; (void)ldw; (void)nrows; (void)K; (void)X; (void)ldx; (void)A; (void)out; (void)ldo; (void)stream;
   std::abort();  // callers check scores_in_registers()
+}
+
+void score_groups_packed(const uint32_t* P, int64_t J, int64_t ngroups, const uint16_t* X,
+                         int64_t ldx, int64_t A, float* out, int64_t ldo) {
+#ifdef DOMINO_X86
+  if (bf16_pairs()) return score_groups_packed_avx512(P, J, ngroups, X, ldx, A, out, ldo);
+#endif
+  (void)P; (void)J; (void)ngroups; (void)X; (void)ldx; (void)A; (void)out; (void)ldo;
+  std::abort();  // callers check bf16_pairs()
 }
 
 void pack_x_bf16(const float* x, int64_t K, uint16_t* dst) {
@@ -566,5 +622,20 @@ int64_t find_first(const float* x, int64_t n, float value) {
 }
 
 }  // namespace cpu
+
+bool cpu_uses_packed_w2() { return cpu::bf16_pairs(); }
+
+void pack_w2_bf16(const uint16_t* w2, int64_t V, int64_t E, int64_t g0, int64_t g1, uint32_t* packed) {
+  const int64_t J = packed_w2_pairs(E);
+  for (int64_t g = g0; g < g1; ++g)
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t l = 0; l < kPackRows; ++l) {
+        const int64_t r = g * kPackRows + l, e = 2 * j;
+        const uint32_t lo = r < V ? w2[r * E + e] : 0u;
+        const uint32_t hi = r < V && e + 1 < E ? w2[r * E + e + 1] : 0u;
+        packed[(g * J + j) * kPackRows + l] = lo | hi << 16;
+      }
+}
+
 }  // namespace rollout
 }  // namespace domino

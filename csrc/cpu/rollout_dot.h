@@ -54,6 +54,12 @@ void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_
                            const uint16_t* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
                            bool stream);
 
+// Packed W2 (pack_w2_bf16): out[a * ldo + 16 * g + l] = dot(W2 row 16 * g + l, X[a]) for
+// ngroups groups starting at P (all 16 lanes are written, rows past V score 0). X as for
+// score_rows_bf16_pairs. Needs bf16_pairs().
+void score_groups_packed(const uint32_t* P, int64_t J, int64_t ngroups, const uint16_t* X,
+                         int64_t ldx, int64_t A, float* out, int64_t ldo);
+
 // One pass over a tile of scores: s[j] = base[j] + s[j] (add) or base[j] (!add) when base is
 // given (in its own dtype), then s[j] / t when t > 0 (correctly rounded, as domino::det::div),
 // NaN -> -inf (a NaN score never wins). Returns the max (-inf when every element is -inf).

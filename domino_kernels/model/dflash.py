@@ -32,6 +32,7 @@ class DraftModel:
     norm: torch.Tensor
     head: Optional[DominoHeadWeights]
     gru_table: Optional[torch.Tensor] = None   # [V, 3G] = embed @ w_ih^T, see use_gru_table
+    w2_packed: Optional[torch.Tensor] = None   # CPU copy of head.w2 for the packed kernel, see use_packed_w2
 
     def __post_init__(self):
         c = self.cfg.layers
@@ -85,6 +86,17 @@ class DraftModel:
         if self.head is not None and self.gru_table is None:
             self.gru_table = kernels.build_gru_table(target.embed, self.head.w_ih)
 
+    def use_packed_w2(self) -> None:
+        """On a CPU with AVX512_BF16, keep a packed copy of the bf16 ``embed_proj.2`` weight (the
+        same size as it): the rollout's vocabulary pass then runs without horizontal sums. Same
+        tokens as without it (the products are equal; only their summation order differs)."""
+        from domino_kernels import _C
+
+        head = self.head
+        if (head is not None and self.w2_packed is None and _C.CPU_PACKED_W2
+                and head.w2.device.type == "cpu" and head.w2.dtype == torch.bfloat16):
+            self.w2_packed = kernels.pack_w2(head.w2)
+
     def proposal_hidden(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """The hidden that predicts proposal i = 1..n: slot i-1 with shift_label, else slot i (§3.2)."""
         return z[:, :n] if self.cfg.shift_label else z[:, 1:n + 1]
@@ -100,7 +112,7 @@ class DraftModel:
         tokens, _, _ = kernels.domino_rollout(
             z, base, anchor, self.head, target.embed, num_proposals=n,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
-            gru_table=self.gru_table)
+            gru_table=self.gru_table, w2_packed=self.w2_packed)
         return tokens
 
     def propose_tree(self, z, anchor, target: Qwen3, topk: int, budget: int):
@@ -113,7 +125,8 @@ class DraftModel:
         tokens, parents, _, num = kernels.domino_tree_rollout(
             z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
-            gru_table=self.gru_table if self.head is not None else None)
+            gru_table=self.gru_table if self.head is not None else None,
+            w2_packed=self.w2_packed if self.head is not None else None)
         return tokens, parents, num
 
     def _zero_head(self, target: Qwen3):

@@ -10,8 +10,8 @@ Layout conventions shared by every op (see docs/decode.md and each family's doc)
 from __future__ import annotations
 
 from domino_kernels.ops import (DominoHeadWeights, append_kv, build_gru_table, chain_parents,  # noqa: F401
-                                domino_rollout, domino_tree_rollout, sample, tree_attention, tree_info,
-                                verify)
+                                domino_rollout, domino_tree_rollout, pack_w2, sample, tree_attention,
+                                tree_info, verify)
 
 HEAD_FIELDS = ("w_ih", "w_hh", "w1", "w2")
 

@@ -1,6 +1,6 @@
-"""``torch.ops.domino.domino_rollout`` / ``domino_tree_rollout`` / ``build_gru_table``: the fused
-Domino draft-token rollout (spec §3.3), chain and tree, one vocabulary pass per step that reads
-``embed_proj.2`` once for the whole batch.
+"""``torch.ops.domino.domino_rollout`` / ``domino_tree_rollout`` / ``build_gru_table`` /
+``pack_w2``: the fused Domino draft-token rollout (spec §3.3), chain and tree, one vocabulary
+pass per step that reads ``embed_proj.2`` once for the whole batch.
 
 Semantics (contract: ``csrc/include/domino/rollout.h``; executable spec:
 ``domino_kernels.reference.rollout``; details in ``docs/rollout.md``):
@@ -64,18 +64,21 @@ def domino_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor: torc
                    shift_label: bool = True, pure_prefix_len: int = 1,
                    temperature: PerRow = None, seed: PerRow = None, offset: PerRow = None,
                    return_q_rows: bool = False, candidates: int = 0,
-                   gru_table: Optional[torch.Tensor] = None):
+                   gru_table: Optional[torch.Tensor] = None,
+                   w2_packed: Optional[torch.Tensor] = None):
     """Chain rollout -> ``(tokens [B, N] int64, q [B, N] fp32, q_rows [B, N, V] fp32 or [0])``.
 
     ``hidden`` [B, S, H] is the backbone block output (weight dtype), ``base_logits`` [B, >=N, V]
     the target lm_head of each proposal's hidden, ``anchor`` [B] int64, ``embedding`` [V, H] the
-    target's embed_tokens, ``gru_table`` an optional [V, 3G] from :func:`build_gru_table`.
+    target's embed_tokens, ``gru_table`` an optional [V, 3G] from :func:`build_gru_table`,
+    ``w2_packed`` an optional CPU copy of ``head.w2`` from :func:`pack_w2` (same results, faster
+    where the CPU has AVX512_BF16).
     """
     temp, seed_t, offset_t = _sampling_args(temperature, seed, offset, hidden.shape[0], hidden.device)
     return torch.ops.domino.domino_rollout(
         hidden, base_logits, anchor, *_head(head).tensors(), embedding, gru_table, int(num_proposals),
         bool(shift_label), int(pure_prefix_len), temp, seed_t, offset_t, bool(return_q_rows),
-        int(candidates))
+        int(candidates), w2_packed)
 
 
 def domino_tree_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor: torch.Tensor,
@@ -83,7 +86,8 @@ def domino_tree_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor:
                         depth: int, budget: int, shift_label: bool = True,
                         pure_prefix_len: int = 1, temperature: PerRow = None,
                         seed: PerRow = None, offset: PerRow = None,
-                        gru_table: Optional[torch.Tensor] = None):
+                        gru_table: Optional[torch.Tensor] = None,
+                        w2_packed: Optional[torch.Tensor] = None):
     """Tree rollout -> ``(tokens, parents [B, budget+1] int64, q [B, budget+1] fp32,
     num_nodes [B] int64)`` in the verification layout: node 0 is the anchor (parent -1),
     ``parents[i] < i``, padding nodes have token -1, parent -1, q 0. With ``topk = 1`` and greedy
@@ -91,7 +95,7 @@ def domino_tree_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor:
     temp, seed_t, offset_t = _sampling_args(temperature, seed, offset, hidden.shape[0], hidden.device)
     return torch.ops.domino.domino_tree_rollout(
         hidden, base_logits, anchor, *_head(head).tensors(), embedding, gru_table, bool(shift_label),
-        int(pure_prefix_len), int(topk), int(depth), int(budget), temp, seed_t, offset_t)
+        int(pure_prefix_len), int(topk), int(depth), int(budget), temp, seed_t, offset_t, w2_packed)
 
 
 def build_gru_table(embedding: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
@@ -100,10 +104,24 @@ def build_gru_table(embedding: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor
     return torch.ops.domino.build_gru_table(embedding, w_ih)
 
 
+def pack_w2(w2: torch.Tensor) -> torch.Tensor:
+    """CPU copy of a bf16 ``embed_proj.2`` weight [V, E] in the layout of the vocabulary kernel
+    (16 vocabulary rows per 64-byte vector, bf16 column pairs: no horizontal sums): int32
+    [ceil(V/16), ceil(E/2), 16], the ``w2_packed`` argument of the rollout ops. Same size as W2
+    (77.8 MB for Qwen3-8B); build it once and rebuild it when W2 changes."""
+    return torch.ops.domino.pack_w2(w2)
+
+
+@torch.library.register_fake("domino::pack_w2")
+def _pack_w2_fake(w2):
+    V, E = w2.shape
+    return w2.new_empty(((V + 15) // 16, (E + 1) // 2, 16), dtype=torch.int32)
+
+
 @torch.library.register_fake("domino::domino_rollout")
 def _rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table,
                   num_proposals, shift_label, pure_prefix_len, temperature, seed, offset,
-                  return_q_rows, candidates):
+                  return_q_rows, candidates, w2_packed=None):
     torch._check(hidden.dim() == 3, lambda: "domino::domino_rollout: argument 'hidden' must be 3-D")
     B, V = hidden.shape[0], w2.shape[0]
     tokens = hidden.new_empty((B, num_proposals), dtype=torch.int64)
@@ -115,7 +133,7 @@ def _rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gr
 @torch.library.register_fake("domino::domino_tree_rollout")
 def _tree_rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table,
                        shift_label, pure_prefix_len, topk, depth, budget, temperature, seed,
-                       offset):
+                       offset, w2_packed=None):
     torch._check(hidden.dim() == 3, lambda: "domino::domino_tree_rollout: argument 'hidden' must be 3-D")
     B, M = hidden.shape[0], budget + 1
     return (hidden.new_empty((B, M), dtype=torch.int64), hidden.new_empty((B, M), dtype=torch.int64),

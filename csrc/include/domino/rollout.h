@@ -63,6 +63,9 @@ struct RolloutParams {
   const void* w2 = nullptr;         // [V, E]
   const void* embedding = nullptr;  // [V, H]
   const void* gru_table = nullptr;  // [V, 3G] or null
+  // Optional CPU copy of W2 in the packed layout of pack_w2_bf16 (bf16 weights only; null = read
+  // W2). Used where the CPU has AVX512_BF16; W2 is read otherwise, and always on CUDA.
+  const uint32_t* w2_packed = nullptr;
   DType wdtype = DType::F32;
   int64_t B = 0, S = 0, H = 0, G = 0, E = 0, V = 0;
   int32_t depth = 0;        // chain: N proposals; tree: depth
@@ -198,6 +201,21 @@ inline int64_t max_frontier(const RolloutParams& p) {
 using ParallelFor =
     std::function<void(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn)>;
 void rollout_cpu(const RolloutParams& p, const ParallelFor& parallel_for);
+
+// ---- packed W2 (CPU) --------------------------------------------------------------------------
+// W2 [V, E] bf16 regrouped so that one 64-byte vector holds 16 vocabulary rows at one pair of
+// columns: word (g, j, l) = W2[16g + l][2j] | W2[16g + l][2j + 1] << 16, for groups g <
+// ceil(V / 16), pairs j < ceil(E / 2), lanes l < 16 (rows >= V and the column past an odd E are
+// zero). The vocabulary pass then needs no horizontal sums: one vdpbf16ps per pair of columns
+// scores 16 rows, with the activation pair broadcast. Same size as W2 (77.8 MB for Qwen3-8B).
+constexpr int64_t kPackRows = 16;
+inline int64_t packed_w2_groups(int64_t V) { return (V + kPackRows - 1) / kPackRows; }
+inline int64_t packed_w2_pairs(int64_t E) { return (E + 1) / 2; }
+// Whether this CPU runs the packed kernel (AVX512_BF16, and DOMINO_DISABLE_AVX512BF16 /
+// DOMINO_DISABLE_AVX512 unset); elsewhere a given packed copy is ignored and W2 is read.
+bool cpu_uses_packed_w2();
+// Packs groups [g0, g1) of W2 (row-major, contiguous) into `packed` (the whole packed array).
+void pack_w2_bf16(const uint16_t* w2, int64_t V, int64_t E, int64_t g0, int64_t g1, uint32_t* packed);
 
 
 #if defined(DOMINO_WITH_CUDA) || defined(__CUDACC__)
