@@ -1,11 +1,13 @@
 // CPU implementation of the Domino rollout (semantics in domino/rollout.h).
 //
 // One engine runs both the chain (topk 1, budget N) and the tree. Per level it does:
-//   m     = silu(zp[b, i] + (W1h h)[node])            every frontier row (zp = W1z zz, hoisted)
-//   pass  = one sweep over W2 in tiles of kTile rows: each W2 row is converted to fp32 once and
-//           dotted with all the level's m rows (weight-stationary), then the tile's scores get the
-//           base logits added and are folded into the row's running TopK (online max/sum-exp,
-//           argmax / top-k / Gumbel top-k). Threads own contiguous chunks of tiles.
+//   m     = silu(zp[b, i] + (W1h h)[node])            every frontier row (zp = W1z zz, hoisted),
+//           stored in the weight dtype (head_activation)
+//   pass  = one sweep over W2 in tiles of kTile rows: each W2 row (or packed group of 16 rows,
+//           pack_w2_bf16) is read once and dotted with all the level's m rows (weight-stationary;
+//           kernels in rollout_dot.h), then the tile's scores get the base logits added and are
+//           folded into the row's running TopK (online max/sum-exp, argmax / top-k / Gumbel
+//           top-k). Threads own contiguous chunks of tiles.
 //   merge = the per-chunk partials of each row, in chunk order
 //   select children within the budget, then the GRU cell of every new node and one GEMV pass
 //   [W1h | W_hh] h_new for all of them (W_ih h-input via a table row gather or a GEMV).

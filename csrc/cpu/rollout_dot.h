@@ -1,10 +1,14 @@
-// rollout_dot.h (CPU-private): weight-stationary multi-vector GEMV, the inner loop of the rollout.
+// rollout_dot.h (CPU-private): weight-stationary multi-vector GEMV, the inner loop of the rollout,
+// and the tile epilogue helpers.
 //
-// out[a * ldo + j] = dot(W[row_j, 0:K], X[a, 0:K]) for a block of <= 4 weight rows (already
-// converted to fp32, zero-padded to Kp = round_up(K, 16)) and every one of the A activation rows
-// (fp32, zero-padded to Kp). Each weight row is read from memory once for all A rows: that is what
-// makes the per-step cost one pass over embed_proj.2 for the whole batch. AVX-512 when the CPU has
-// it (runtime check), portable code otherwise; both accumulate in fp32.
+// Every kernel computes out[a * ldo + j] = dot(W[row_j, 0:K], X[a, 0:K]) for all A activation rows
+// while reading each weight row from memory once: that is what makes the per-step cost one pass
+// over embed_proj.2 for the whole batch. Kernels, fastest first (runtime CPU checks):
+//   score_groups_packed    bf16, packed W2 (pack_w2_bf16), vdpbf16ps, no horizontal sums
+//   score_rows_bf16_pairs  bf16 rows, vdpbf16ps (AVX512_BF16)
+//   score_rows             bf16 / fp16 / fp32 rows converted in registers, AVX-512 FMA
+//   dot_block              rows already converted to fp32 (portable fallback)
+// All accumulate in fp32.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +27,8 @@ bool have_avx512();
 // fp32 copy of a weight / activation row, zero-padded to Kp.
 void to_f32_row(const void* src, DType dtype, int64_t K, int64_t Kp, float* dst);
 
-// See the file comment. `w` holds kRowBlock rows of Kp floats (rows >= nrows are ignored).
+// `w` holds kRowBlock rows converted to fp32 and zero-padded to Kp = pad16(K) (rows >= nrows are
+// ignored); X: A rows of Kp floats (stride ldx).
 void dot_block(const float* w, int nrows, int64_t Kp, const float* X, int64_t ldx, int64_t A,
                float* out, int64_t ldo);
 
