@@ -197,10 +197,7 @@ class Engine {
         const float* gh = par >= 0 ? &node_hg_[(b * M_ + par) * HG_ + E_] : nullptr;
         const float* g = &gi[a * G3p_];
         float* h = &node_h_[n * Gp_];
-        for (int64_t k = 0; k < G_; ++k)
-          h[k] = to_weight_precision(gru_cell(g[k], g[G_ + k], g[2 * G_ + k], gh ? gh[k] : 0.0f,
-                                              gh ? gh[G_ + k] : 0.0f, gh ? gh[2 * G_ + k] : 0.0f,
-                                              hp ? hp[k] : 0.0f), p_.wdtype);
+        cpu::gru_cells(g, gh, hp, G_, p_.wdtype, h);
         std::copy(h, h + Gp_, &Xh[a * Gp_]);
       }
     });

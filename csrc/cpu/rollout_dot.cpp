@@ -224,6 +224,73 @@ DOMINO_AVX512 float sum_exp_avx512(const float* x, int64_t n, float mx) {
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
+// ---- domino::det element math, 16 lanes (same operations and order as numerics.h) ----
+DOMINO_AVX512 inline __m512 det_exp16(__m512 x) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __mmask16 big = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72f), _CMP_GT_OQ);
+  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33f), _CMP_LT_OQ);
+  const __m512 kf = _mm512_roundscale_ps(
+      _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)), _mm512_set1_ps(0.5f)),
+      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(kf, _mm512_set1_ps(0.693145751953125f))),
+                                 _mm512_mul_ps(kf, _mm512_set1_ps(1.428606765330187e-06f)));
+  __m512 p = _mm512_set1_ps(1.98412698e-4f);
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.38888889e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.33333333e-3f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.16666667e-2f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.66666667e-1f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+  const __m512i k = _mm512_cvttps_epi32(kf);  // kf is integral (masked lanes: any value)
+  // k1 = k / 2 truncated toward zero (C semantics), k2 = k - k1
+  const __m512i k1 = _mm512_srai_epi32(_mm512_add_epi32(k, _mm512_srli_epi32(k, 31)), 1);
+  const __m512i k2 = _mm512_sub_epi32(k, k1);
+  const __m512i bias = _mm512_set1_epi32(127);
+  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k1, bias), 23));
+  const __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k2, bias), 23));
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+  y = _mm512_mask_mov_ps(y, small, _mm512_setzero_ps());
+  y = _mm512_mask_mov_ps(y, big, _mm512_set1_ps(det::kInf));
+  return _mm512_mask_mov_ps(y, nan, x);
+}
+
+DOMINO_AVX512 inline __m512 det_sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, det_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+DOMINO_AVX512 inline __m512 det_tanh16(__m512 x) {
+  const __m512 two = _mm512_set1_ps(2.0f);
+  return _mm512_sub_ps(_mm512_mul_ps(two, det_sigmoid16(_mm512_mul_ps(two, x))), _mm512_set1_ps(1.0f));
+}
+
+// to_bf16 (round to nearest even, NaN -> quiet NaN) and back, 16 lanes.
+DOMINO_AVX512 inline __m512 round_bf16_16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  const __m512i rounded = _mm512_add_epi32(
+      u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+  const __m512i quiet = _mm512_or_si512(u, _mm512_set1_epi32(0x400000));
+  const __m512i v = _mm512_mask_mov_epi32(rounded, nan, quiet);
+  return _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+DOMINO_AVX512 void gru_cells_avx512(const float* g, const float* gh, const float* hp, int64_t G,
+                                    DType wdtype, float* h, int64_t k_end) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  for (int64_t k = 0; k < k_end; k += 16) {
+    const __m512 gh_r = gh ? _mm512_loadu_ps(gh + k) : zero, gh_z = gh ? _mm512_loadu_ps(gh + G + k) : zero,
+                 gh_n = gh ? _mm512_loadu_ps(gh + 2 * G + k) : zero, hv = hp ? _mm512_loadu_ps(hp + k) : zero;
+    const __m512 r = det_sigmoid16(_mm512_add_ps(_mm512_loadu_ps(g + k), gh_r));
+    const __m512 u = det_sigmoid16(_mm512_add_ps(_mm512_loadu_ps(g + G + k), gh_z));
+    const __m512 n = det_tanh16(_mm512_add_ps(_mm512_loadu_ps(g + 2 * G + k), _mm512_mul_ps(r, gh_n)));
+    __m512 out = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(one, u), n), _mm512_mul_ps(u, hv));
+    if (wdtype == DType::BF16) out = round_bf16_16(out);
+    _mm512_storeu_ps(h + k, out);
+  }
+}
+
 DOMINO_AVX512 int64_t find_first_avx512(const float* x, int64_t n, float value) {
   const __m512 v = _mm512_set1_ps(value);
   int64_t j = 0;
@@ -610,6 +677,19 @@ void dot_block(const float* w, int nrows, int64_t Kp, const float* X, int64_t ld
       out[a * ldo + j] = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     }
   }
+}
+
+void gru_cells(const float* g, const float* gh, const float* hp, int64_t G, DType wdtype, float* h) {
+  int64_t k = 0;
+#ifdef DOMINO_X86
+  if (have_avx512() && wdtype != DType::F16) {  // fp16 rounding stays scalar
+    k = G / 16 * 16;
+    gru_cells_avx512(g, gh, hp, G, wdtype, h, k);
+  }
+#endif
+  for (; k < G; ++k)
+    h[k] = to_weight_precision(gru_cell(g[k], g[G + k], g[2 * G + k], gh ? gh[k] : 0.0f, gh ? gh[G + k] : 0.0f,
+                                        gh ? gh[2 * G + k] : 0.0f, hp ? hp[k] : 0.0f), wdtype);
 }
 
 int64_t find_first(const float* x, int64_t n, float value) {

@@ -73,6 +73,12 @@ float finish_scores(float* s, int64_t n, const void* base, DType base_dtype, boo
 // sum exp(s[j] - max) for a finite max (the softmax normaliser; vectorised exp, ~2 ulp).
 float sum_exp(const float* s, int64_t n, float max);
 
+// The GRU cells of one node: h[k] = to_weight_precision(gru_cell(g[k], g[G + k], g[2G + k],
+// gh[k], gh[G + k], gh[2G + k], hp[k]), wdtype) for k < G (gh / hp null: zeros). With AVX-512,
+// 16 lanes at a time through the same IEEE operations in the same order as the scalar
+// domino::det code (no FMA contraction): bit-identical to it, so CPU and CUDA states stay equal.
+void gru_cells(const float* g, const float* gh, const float* hp, int64_t G, DType wdtype, float* h);
+
 // Index of the first element equal to `value` in x[0, n) (n if none).
 int64_t find_first(const float* x, int64_t n, float value);
 
