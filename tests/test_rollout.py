@@ -322,13 +322,28 @@ def test_cuda_chain_equals_cpu(dtype, B):
     c = dk.domino_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], **kw)
     g = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], **kw)
     margins = greedy_margins(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], num_proposals=15, pure_prefix_len=1)
-    ok = (margins > 1e-3).all(dim=1)  # rows without near-ties must agree bit for bit
-    assert ok.float().mean() > 0.8
-    assert torch.equal(g[0].cpu()[ok], c[0][ok])
-    torch.testing.assert_close(g[1].cpu()[ok], c[1][ok], atol=1e-5, rtol=1e-4)
     table = dk.build_gru_table(gpu[1], gpu[0].w_ih)
     gt = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], gru_table=table, **kw)
-    assert torch.equal(gt[0].cpu()[ok], c[0][ok])
+    if dtype == torch.float32:
+        ok = (margins > 1e-3).all(dim=1)  # rows without near-ties must agree bit for bit
+        assert ok.float().mean() > 0.8
+        assert torch.equal(g[0].cpu()[ok], c[0][ok])
+        torch.testing.assert_close(g[1].cpu()[ok], c[1][ok], atol=1e-5, rtol=1e-4)
+        assert torch.equal(gt[0].cpu()[ok], c[0][ok])
+        return
+    # bf16: m and h are stored in bf16, and a pre-activation next to a bf16 rounding midpoint can
+    # round either way on the two devices (their fp32 sums differ in order; docs/rollout.md,
+    # Numerics). Such a flip moves a step's scores by ~1e-3 of their scale: tokens must agree up to
+    # a step whose CPU margin is below 0.05, most rows must agree entirely, and q must equal the
+    # CPU's to fp32 order on most rows.
+    for tokens in (g[0].cpu(), gt[0].cpu()):
+        for b in range(B):
+            first = (tokens[b] != c[0][b]).nonzero()
+            if len(first):
+                assert margins[b, first[0, 0]] < 0.05, (b, first[0, 0].item())
+        assert (tokens == c[0]).all(dim=1).float().mean() >= min(0.8, (B - 1) / B)  # one row may flip
+    close = ((g[1].cpu() - c[1]).abs() <= 1e-5 + 1e-4 * c[1].abs()).all(dim=1)
+    assert close.float().mean() >= min(0.8, (B - 1) / B)
 
 
 @requires_cuda
