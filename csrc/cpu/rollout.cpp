@@ -25,7 +25,6 @@ namespace {
 using cpu::dot_block;
 using cpu::kRowBlock;
 using cpu::pad16;
-using cpu::pad32;
 using cpu::to_f32_row;
 
 constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay in L1/L2)
@@ -115,24 +114,11 @@ class Engine {
             int64_t A, float* Y, int64_t ldy) {
     const int64_t Kp = pad16(K);
     const int64_t nblocks = (nrows + kRowBlock - 1) / kRowBlock;
-    if (p_.wdtype == DType::BF16 && cpu::bf16_pairs()) {
-      const int64_t K32 = pad32(K);
-      std::vector<uint16_t> Xb(A * K32);
-      for (int64_t a = 0; a < A; ++a) cpu::pack_x_bf16(X + a * Kp, K, &Xb[a * K32]);
+    if (cpu::scores_in_registers()) {  // weight rows read in their own dtype, no fp32 copy
+      const cpu::PackedRows Xp = cpu::pack_rows(X, Kp, A, K, p_.wdtype);
       pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
         const int64_t r0 = b0 * kRowBlock, r1 = std::min(nrows, b1 * kRowBlock);
-        cpu::score_rows_bf16_pairs(static_cast<const uint16_t*>(wrow(W, r0, ldw, col)), ldw, r1 - r0, K, Xb.data(), K32,
-                                   A, Y + r0, ldy, false);
-      });
-      return;
-    }
-    if (cpu::scores_in_registers()) {  // weight rows converted in registers, no fp32 copy
-      const int64_t K32 = pad32(K);
-      std::vector<float> Xp(A * K32);
-      for (int64_t a = 0; a < A; ++a) cpu::pack_x(X + a * Kp, K, p_.wdtype, &Xp[a * K32]);
-      pf_(nblocks, 8, [&](int64_t b0, int64_t b1) {
-        const int64_t r0 = b0 * kRowBlock, r1 = std::min(nrows, b1 * kRowBlock);
-        cpu::score_rows(wrow(W, r0, ldw, col), p_.wdtype, ldw, r1 - r0, K, Xp.data(), K32, A, Y + r0, ldy, false);
+        cpu::score_rows(wrow(W, r0, ldw, col), p_.wdtype, ldw, r1 - r0, K, Xp, A, Y + r0, ldy, false);
       });
       return;
     }
@@ -281,19 +267,10 @@ class Engine {
         }
       });
     }
-    const bool pairs = p_.wdtype == DType::BF16 && cpu::bf16_pairs();
-    const bool packed = pairs && p_.w2_packed != nullptr;  // see pack_w2_bf16
-    const bool in_regs = !pairs && cpu::scores_in_registers();
-    const int64_t E32 = pad32(E_);
-    std::vector<float> mp;  // m packed for score_rows
-    std::vector<uint16_t> mb;  // m as bf16 (exact: head_activation rounded it) for the pairs kernel
-    if (corrected && pairs) {
-      mb.assign(A * E32, 0);
-      for (int64_t a = 0; a < A; ++a) cpu::pack_x_bf16(&m[a * Ep_], E_, &mb[a * E32]);
-    } else if (corrected && in_regs) {
-      mp.assign(A * E32, 0.0f);
-      for (int64_t a = 0; a < A; ++a) cpu::pack_x(&m[a * Ep_], E_, p_.wdtype, &mp[a * E32]);
-    }
+    const bool in_regs = cpu::scores_in_registers();
+    cpu::PackedRows mp;  // m packed for the in-register kernels (bf16 pairs: exact, m is bf16)
+    if (corrected && in_regs) mp = cpu::pack_rows(m.data(), Ep_, A, E_, p_.wdtype);
+    const bool packed = mp.bf16_pairs && p_.w2_packed != nullptr;  // see pack_w2_bf16
     auto qrow = [&](int64_t b) -> float* {
       return p_.q_rows ? p_.q_rows + (b * N_ + (i - 1)) * V_ : nullptr;
     };
@@ -348,12 +325,9 @@ class Engine {
             if (corrected && packed) {  // kTile is a multiple of 16: v0 starts a group
               const int64_t J = packed_w2_pairs(E_);
               cpu::score_groups_packed(p_.w2_packed + (v0 / kPackRows) * J * kPackRows, J,
-                                       (n + kPackRows - 1) / kPackRows, mb.data(), E32, A, tile.data(), ld);
-            } else if (corrected && pairs) {
-              cpu::score_rows_bf16_pairs(static_cast<const uint16_t*>(wrow(p_.w2, v0, E_)), E_, n, E_, mb.data(), E32, A,
-                                         tile.data(), ld, /*stream=*/true);
+                                       (n + kPackRows - 1) / kPackRows, mp, A, tile.data(), ld);
             } else if (corrected && in_regs) {
-              cpu::score_rows(wrow(p_.w2, v0, E_), p_.wdtype, E_, n, E_, mp.data(), E32, A, tile.data(), ld, /*stream=*/true);
+              cpu::score_rows(wrow(p_.w2, v0, E_), p_.wdtype, E_, n, E_, mp, A, tile.data(), ld, /*stream=*/true);
             } else if (corrected) {
               for (int64_t j = 0; j < n; j += kRowBlock) {
                 const int nr = int(std::min<int64_t>(kRowBlock, n - j));

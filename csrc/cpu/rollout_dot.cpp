@@ -382,7 +382,7 @@ DOMINO_AVX512 inline void reduce_block(const __m512 (&acc)[4][C], float* res) {
 // chunk, the 4 rows' chunks are loaded once for the C activation rows (weight-stationary, 4 + C
 // loads per 4C products). The block's lines are already in L1 (see score_rows_driver).
 //
-// fp32 FMA on weight rows converted in registers (loader L; activations packed by pack_x).
+// fp32 FMA on weight rows converted in registers (loader L; activations from pack_rows, fp32).
 template <typename L, int C>
 DOMINO_AVX512 inline void score_block(const typename L::T* const* w, int64_t nfull, int rem,
                                       const float* X, int64_t ldx, float* res) {
@@ -417,7 +417,7 @@ DOMINO_AVX512 inline void score_block(const typename L::T* const* w, int64_t nfu
   reduce_block<C>(v, res);
 }
 
-// bf16 weights x bf16 activations with vdpbf16ps (activations packed by pack_x_bf16). One loop
+// bf16 weights x bf16 activations with vdpbf16ps (activations from pack_rows, bf16 bits). One loop
 // over the chunks, the row tail as a masked load in its last trip, no lambda: GCC then keeps the
 // 4C accumulators in registers from the zeroing to the reduction (with a lambda capturing them
 // it spilled all of them to the stack around the loop: 17% slower in L2 at B = 8).
@@ -564,60 +564,63 @@ DOMINO_AVX512BF16 void score_rows_bf16_pairs_avx512(const uint16_t* W, int64_t l
 
 bool scores_in_registers() { return have_avx512(); }
 
-void pack_x(const float* x, int64_t K, DType wdtype, float* dst) {
-  const int64_t Kp = pad32(K);
-  if (wdtype != DType::BF16) {
-    for (int64_t k = 0; k < Kp; ++k) dst[k] = k < K ? x[k] : 0.0f;
-    return;
+PackedRows pack_rows(const float* X, int64_t ldx, int64_t A, int64_t K, DType wdtype) {
+  PackedRows p;
+  p.bf16_pairs = wdtype == DType::BF16 && bf16_pairs();
+  p.ld = pad32(K);
+  if (p.bf16_pairs) {
+    p.bits.assign(A * p.ld, 0);
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t k = 0; k < K; ++k) p.bits[a * p.ld + k] = to_bf16(X[a * ldx + k]).bits;
+    return p;
   }
-  for (int64_t c = 0; c < Kp; c += 32)
-    for (int64_t l = 0; l < 16; ++l) {
-      const int64_t e = c + 2 * l, o = e + 1;
-      dst[c + l] = e < K ? x[e] : 0.0f;
-      dst[c + 16 + l] = o < K ? x[o] : 0.0f;
+  p.f32.assign(A * p.ld, 0.0f);
+  for (int64_t a = 0; a < A; ++a) {
+    const float* x = X + a * ldx;
+    float* dst = &p.f32[a * p.ld];
+    if (wdtype != DType::BF16) {
+      std::copy(x, x + K, dst);
+      continue;
     }
+    for (int64_t c = 0; c < p.ld; c += 32)
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t e = c + 2 * l, o = e + 1;
+        if (e < K) dst[c + l] = x[e];
+        if (o < K) dst[c + 16 + l] = x[o];
+      }
+  }
+  return p;
 }
 
 void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t K,
-                const float* X, int64_t ldx, int64_t A, float* out, int64_t ldo, bool stream) {
+                const PackedRows& X, int64_t A, float* out, int64_t ldo, bool stream) {
 #ifdef DOMINO_X86
+  if (X.bf16_pairs)
+    return score_rows_bf16_pairs_avx512(static_cast<const uint16_t*>(W), ldw, nrows, K, X.bits.data(), X.ld, A,
+                                        out, ldo, stream);
   if (have_avx512()) {
+    const float* x = X.f32.data();
     switch (wdtype) {
       case DType::BF16:
-        return score_rows_avx512<LoadBF16>(static_cast<const uint16_t*>(W), ldw, nrows, K, X, ldx, A, out, ldo, stream);
+        return score_rows_avx512<LoadBF16>(static_cast<const uint16_t*>(W), ldw, nrows, K, x, X.ld, A, out, ldo, stream);
       case DType::F16:
-        return score_rows_avx512<LoadF16>(static_cast<const uint16_t*>(W), ldw, nrows, K, X, ldx, A, out, ldo, stream);
+        return score_rows_avx512<LoadF16>(static_cast<const uint16_t*>(W), ldw, nrows, K, x, X.ld, A, out, ldo, stream);
       case DType::F32:
-        return score_rows_avx512<LoadF32>(static_cast<const float*>(W), ldw, nrows, K, X, ldx, A, out, ldo, stream);
+        return score_rows_avx512<LoadF32>(static_cast<const float*>(W), ldw, nrows, K, x, X.ld, A, out, ldo, stream);
     }
   }
 #endif
-  (void)W; (void)wdtype; (void)ldw; (void)nrows; (void)K; (void)X; (void)ldx; (void)A; (void)out; (void)ldo; (void)stream;
+  (void)W; (void)wdtype; (void)ldw; (void)nrows; (void)K; (void)X; (void)A; (void)out; (void)ldo; (void)stream;
   std::abort();  // callers check scores_in_registers()
 }
 
-void score_groups_packed(const uint32_t* P, int64_t J, int64_t ngroups, const uint16_t* X,
-                         int64_t ldx, int64_t A, float* out, int64_t ldo) {
+void score_groups_packed(const uint32_t* P, int64_t J, int64_t ngroups, const PackedRows& X,
+                         int64_t A, float* out, int64_t ldo) {
 #ifdef DOMINO_X86
-  if (bf16_pairs()) return score_groups_packed_avx512(P, J, ngroups, X, ldx, A, out, ldo);
+  if (X.bf16_pairs) return score_groups_packed_avx512(P, J, ngroups, X.bits.data(), X.ld, A, out, ldo);
 #endif
-  (void)P; (void)J; (void)ngroups; (void)X; (void)ldx; (void)A; (void)out; (void)ldo;
-  std::abort();  // callers check bf16_pairs()
-}
-
-void pack_x_bf16(const float* x, int64_t K, uint16_t* dst) {
-  const int64_t Kp = pad32(K);
-  for (int64_t k = 0; k < Kp; ++k) dst[k] = k < K ? to_bf16(x[k]).bits : uint16_t(0);
-}
-
-void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_t K,
-                           const uint16_t* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
-                           bool stream) {
-#ifdef DOMINO_X86
-  if (bf16_pairs()) return score_rows_bf16_pairs_avx512(W, ldw, nrows, K, X, ldx, A, out, ldo, stream);
-#endif
-  (void)W; (void)ldw; (void)nrows; (void)K; (void)X; (void)ldx; (void)A; (void)out; (void)ldo; (void)stream;
-  std::abort();  // callers check bf16_pairs()
+  (void)P; (void)J; (void)ngroups; (void)X; (void)A; (void)out; (void)ldo;
+  std::abort();  // callers check X.bf16_pairs
 }
 
 float finish_scores(float* s, int64_t n, const void* base, DType base_dtype, bool add, float t) {

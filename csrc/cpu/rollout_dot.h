@@ -5,13 +5,14 @@
 // while reading each weight row from memory once: that is what makes the per-step cost one pass
 // over embed_proj.2 for the whole batch. Kernels, fastest first (runtime CPU checks):
 //   score_groups_packed    bf16, packed W2 (pack_w2_bf16), vdpbf16ps, no horizontal sums
-//   score_rows_bf16_pairs  bf16 rows, vdpbf16ps (AVX512_BF16)
-//   score_rows             bf16 / fp16 / fp32 rows converted in registers, AVX-512 FMA
+//   score_rows             bf16 rows with vdpbf16ps (AVX512_BF16), or bf16 / fp16 / fp32 rows
+//                          converted in registers, AVX-512 FMA
 //   dot_block              rows already converted to fp32 (portable fallback)
 // All accumulate in fp32.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "domino/common.h"
 
@@ -32,38 +33,40 @@ void to_f32_row(const void* src, DType dtype, int64_t K, int64_t Kp, float* dst)
 void dot_block(const float* w, int nrows, int64_t Kp, const float* X, int64_t ldx, int64_t A,
                float* out, int64_t ldo);
 
-// ---- the vocabulary pass kernel: weight rows read in their own dtype, converted in registers ----
-// Activations are packed once per level (pack_x: zero-padded to pad32(K); for bf16 weights each
-// 32-wide chunk is stored evens first, then odds, matching the in-register bf16 -> fp32 split of
-// one 64-byte load), then score_rows computes out[a * ldo + j] = dot(W[j, 0:K], X[a]) for rows
-// j < nrows of W (row stride ldw elements), every weight row read once for all A rows. AVX-512
-// only (scores_in_registers() says whether it is available); accumulation in fp32. `stream`: the
-// rows are read once per call (W2): fetch them non-temporally, so that they do not evict the small
-// GRU weights, which are read every step, from L3.
+// ---- the in-register kernels (AVX-512; scores_in_registers() says whether they are available) ----
+// out[a * ldo + j] = dot(W[j, 0:K], X[a]) for rows j < nrows of W (row stride ldw elements), every
+// weight row read once for all A rows, accumulation in fp32. The kernel is picked here, from the
+// CPU and the weight dtype:
+//   * bf16 weights on a CPU with AVX512_BF16 (bf16_pairs()): vdpbf16ps on bf16 x bf16 pairs. The
+//     activations are bf16 values (to_weight_precision), so the products are exact and the scores
+//     differ from the fp32-FMA kernel only in the (fp32, implementation-defined) summation order,
+//     and in vdpbf16ps flushing denormal inputs and partial sums to zero. Twice the FMA rate and no
+//     in-register conversion: B = 8 memory-bound instead of FMA-bound.
+//   * otherwise: weight rows read in their own dtype and converted in registers, fp32 FMA.
+// pack_rows prepares the A activation rows (stride ldx, K values each) once for that kernel:
+// zero-padded to pad32(K); bf16 bits for vdpbf16ps; fp32 for the FMA kernel, where for bf16
+// weights each 32-wide chunk is stored evens first, then odds, matching the in-register
+// bf16 -> fp32 split of one 64-byte load. `stream`: the rows are read once per call (W2): fetch
+// them non-temporally, so that they do not evict the small GRU weights, which are read every
+// step, from L3.
 inline int64_t pad32(int64_t k) { return (k + 31) / 32 * 32; }
 bool scores_in_registers();
-void pack_x(const float* x, int64_t K, DType wdtype, float* dst);
-void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t K,
-                const float* X, int64_t ldx, int64_t A, float* out, int64_t ldo, bool stream);
-
-// ---- bf16 x bf16 vocabulary pass (AVX512_BF16, bf16 weights) ----
-// The activations are already bf16 values (head_activation), so vdpbf16ps' products are exact
-// and the scores differ from the fp32-FMA kernel only in the (fp32, implementation-defined)
-// summation order, and in vdpbf16ps flushing denormal inputs and partial sums to zero. Two
-// products per fp32 lane: twice the FMA rate and no in-register conversion, which is what makes
-// B = 8 memory-bound instead of FMA-bound. X rows: bf16 bits of the activations, zero-padded to
-// pad32(K) (pack_x_bf16).
 bool bf16_pairs();
-void pack_x_bf16(const float* x, int64_t K, uint16_t* dst);
-void score_rows_bf16_pairs(const uint16_t* W, int64_t ldw, int64_t nrows, int64_t K,
-                           const uint16_t* X, int64_t ldx, int64_t A, float* out, int64_t ldo,
-                           bool stream);
+struct PackedRows {
+  bool bf16_pairs = false;     // for the vdpbf16ps kernel: `bits`, else `f32`
+  int64_t ld = 0;              // pad32(K)
+  std::vector<uint16_t> bits;  // A x ld bf16 bits
+  std::vector<float> f32;      // A x ld floats
+};
+PackedRows pack_rows(const float* X, int64_t ldx, int64_t A, int64_t K, DType wdtype);
+void score_rows(const void* W, DType wdtype, int64_t ldw, int64_t nrows, int64_t K,
+                const PackedRows& X, int64_t A, float* out, int64_t ldo, bool stream);
 
 // Packed W2 (pack_w2_bf16): out[a * ldo + 16 * g + l] = dot(W2 row 16 * g + l, X[a]) for
-// ngroups groups starting at P (all 16 lanes are written, rows past V score 0). X as for
-// score_rows_bf16_pairs. Needs bf16_pairs().
-void score_groups_packed(const uint32_t* P, int64_t J, int64_t ngroups, const uint16_t* X,
-                         int64_t ldx, int64_t A, float* out, int64_t ldo);
+// ngroups groups starting at P (all 16 lanes are written, rows past V score 0). Needs
+// X.bf16_pairs.
+void score_groups_packed(const uint32_t* P, int64_t J, int64_t ngroups, const PackedRows& X,
+                         int64_t A, float* out, int64_t ldo);
 
 // One pass over a tile of scores: s[j] = base[j] + s[j] (add) or base[j] (!add) when base is
 // given (in its own dtype), then s[j] / t when t > 0 (correctly rounded, as domino::det::div),
