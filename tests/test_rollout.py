@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import domino_kernels as dk
+from domino_kernels import _C
 from domino_kernels import reference as ref
 from domino_kernels.reference.rollout import _correction, _gru_input, gru_cell
 
@@ -411,12 +412,21 @@ def test_cuda_device_mismatch_and_graph_capture():
     assert torch.equal(captured[0], fresh[0])
 
 
-def test_portable_cpu_path_matches_reference():
-    """The non-AVX-512 code path (forced by DOMINO_DISABLE_AVX512=1 in a fresh process)."""
+def _run_fresh(code: str, **env_over: str) -> None:
+    """Runs ``code`` in a fresh interpreter (the kernel choice is made once per process) with the
+    environment variables ``env_over`` set; it must print 'ok'."""
     import os
     import subprocess
     import sys
 
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, **env_over)
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_portable_cpu_path_matches_reference():
+    """The non-AVX-512 code path (forced by DOMINO_DISABLE_AVX512=1 in a fresh process)."""
     code = (
         "import torch, domino_kernels as dk\n"
         "from domino_kernels import reference as ref\n"
@@ -432,10 +442,7 @@ def test_portable_cpu_path_matches_reference():
         "rt = ref.tree_rollout(hidden, base, anchor, *head.tensors(), emb, topk=3, depth=4, budget=20)\n"
         "assert torch.equal(t[0], rt[0]) and torch.equal(t[1], rt[1])\n"
         "print('ok')\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, DOMINO_DISABLE_AVX512="1", PYTHONPATH=root)
-    res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    _run_fresh(code, DOMINO_DISABLE_AVX512="1")
 
 
 _BF16_KERNEL_CHECK = (
@@ -470,17 +477,7 @@ def test_bf16_cpu_kernels_match_reference(disable):
     """bf16 weights through each CPU kernel (vdpbf16ps where the CPU has AVX512_BF16, the fp32-FMA
     AVX-512 kernel, the portable code), each in a fresh process: tokens equal the reference's and
     q rows agree to fp32 accumulation order, because m and h are stored in bf16 on both sides."""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root)
-    if disable:
-        env[disable] = "1"
-    res = subprocess.run([sys.executable, "-c", _BF16_KERNEL_CHECK], cwd=root, env=env,
-                         capture_output=True, text=True)
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+    _run_fresh(_BF16_KERNEL_CHECK, **({disable: "1"} if disable else {}))
 
 
 def test_bf16_activations_are_stored_in_bf16():
@@ -572,15 +569,7 @@ def test_packed_w2_opcheck():
                            None, None, None, pk))
 
 
-def _cpu_has_avx512_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_bf16" in f.read()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="the packed kernel needs AVX512_BF16")
+@pytest.mark.skipif(not _C.CPU_PACKED_W2, reason="the packed kernel needs AVX512_BF16")
 def test_packed_w2_is_what_runs():
     """Mutation check: with AVX512_BF16 the scores come from w2_packed, not from w2 (a zeroed
     packed copy leaves only the base logits)."""
