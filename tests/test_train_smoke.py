@@ -1,4 +1,4 @@
-"""Smoke test of the training pipeline (issue 7): tokenizer, target and both drafters for a few
+"""Smoke test of the training pipeline: tokenizer, target and both drafters for a few
 steps on a slice of the corpus through the CLI, then the saved files in the public formats."""
 import json
 import os
