@@ -34,10 +34,16 @@ class Rope:
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
         self.inv_freq = (1.0 / (theta ** exponent)).to(device)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+    def angles(self, positions: torch.Tensor):
+        """fp32 ``cos, sin`` of shape ``positions.shape + (head_dim,)``."""
+        freqs = positions.float()[..., None] * self.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+        return emb.cos(), emb.sin()
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
+        """``cos, sin [T, 1, head_dim]`` in ``dtype`` for packed tokens ``[T, heads, head_dim]``."""
+        cos, sin = self.angles(positions)
+        return cos.to(dtype)[:, None, :], sin.to(dtype)[:, None, :]
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
