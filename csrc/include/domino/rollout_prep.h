@@ -16,6 +16,8 @@
 //   then lower id (-0 == +0): exactly a stable descending sort of best, cut at K.
 #pragma once
 
+#include <cstddef>
+
 #include "domino/common.h"
 
 namespace domino {
