@@ -2,9 +2,10 @@
 //
 // GRU input table: a shared-memory tiled GEMM, 16 x 16 outputs per block, each output summing
 // h = 0..H-1 in order with unfused fp32 operations, rounded once to the weight dtype.
-// Shortlist: best[b, v] and its sort key per element, then a stable segmented radix sort (CUB) of
-// the keys in descending order with the ids as values (equal keys keep ascending ids), and the
-// first K ids of each request copied out.
+// Shortlist: best[b, v] and its sort key per element, then a segmented radix sort (CUB) of the
+// keys in descending order with the ids as values, and the first K ids of each request copied out.
+// Equal keys keep their ascending ids: DeviceSegmentedRadixSort shares DeviceRadixSort's
+// implementation, which CUB documents as stable.
 #include <cuda_runtime.h>
 
 #include <climits>
