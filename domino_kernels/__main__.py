@@ -2,8 +2,8 @@
 
 Commands:
   generate  decode with a Qwen3 checkpoint, speculatively with a DFlash/Domino draft checkpoint
-  demo      the same decode on the embedded default pair (until the project's trained pair exists:
-            a tiny random target + Domino draft created deterministically under --cache-dir),
+  demo      the same decode on the embedded trained pair (a build without it falls back to a tiny
+            random target + Domino draft created deterministically under --cache-dir),
             speculative and target-only, with the summary
 """
 from __future__ import annotations
@@ -137,8 +137,8 @@ def run_demo(args) -> int:
         note = "the embedded trained pair"
     else:
         target_dir, draft_dir = ensure_demo_pair(args.cache_dir)
-        note = (f"a tiny random Qwen3 target + Domino draft under {args.cache_dir} (until the trained "
-                f"pair ships; a random draft is rarely right, so expect tau near 1)")
+        note = (f"a tiny random Qwen3 target + Domino draft under {args.cache_dir} (this build ships "
+                f"no trained pair; a random draft is rarely right, so expect tau near 1)")
     target = load_qwen3(target_dir, device=args.device)
     _set_threads(args, target.cfg.hidden_size)
     draft = load_draft(draft_dir, target)

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .model import kernels
+from . import ops as kernels
 from .model.dflash import DraftModel
 from .model.qwen3 import Qwen3
 

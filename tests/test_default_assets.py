@@ -1,5 +1,5 @@
-"""The shipped default pair (domino_kernels/assets/default): present, small, consistent, and (once
-the decode layer is on the branch) a speculative decode with it is lossless and accepts drafts."""
+"""The shipped default pair (domino_kernels/assets/default): present, small, consistent, and a
+speculative decode with it is lossless and accepts drafts."""
 import json
 import os
 
@@ -46,7 +46,6 @@ def test_tokenizer_round_trip():
 
 
 def test_speculative_decode_with_the_shipped_pair():
-    pytest.importorskip("domino_kernels.model")
     from domino_kernels.generate import generate
     from domino_kernels.model.dflash import load_draft
     from domino_kernels.model.qwen3 import load_qwen3

@@ -58,7 +58,7 @@ def stage_target(args, log):
     tok = tokenizer.load_tokenizer(tok_path)
     train, held = load_streams(args, tok)
     log(f"corpus: {train.numel()} training tokens, {held.numel()} held-out tokens")
-    shape = target.TargetShape(vocab_size=tok.get_vocab_size(), hidden_size=args.hidden,
+    shape = target.target_shape(vocab_size=tok.get_vocab_size(), hidden_size=args.hidden,
                                intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                                num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                                head_dim=args.head_dim)

@@ -116,9 +116,9 @@ DOMINO_HD float gru_cell(float gi_r, float gi_z, float gi_n, float gh_r, float g
   return det::add(det::mul(det::sub(1.0f, u), n), det::mul(u, h));
 }
 
-DOMINO_HD float gumbel_key(float scaled, float u) {
-  return det::sub(scaled, det::log(det::sub(0.0f, det::log(u))));
-}
+// The Gumbel key and the argmax order are the ones every op shares (numerics.h).
+using det::gumbel_key;
+using det::key_better;
 
 // Per-row running state of the vocabulary pass: online softmax normaliser and a sorted top-k list
 // of (key, index) with the scaled logit `val` of each entry (for log q). Order: larger key, then
@@ -136,10 +136,6 @@ DOMINO_HD void topk_init(TopK& t) {
   t.max = -det::kInf;
   t.sum = 0.0f;
   t.n = 0;
-}
-
-DOMINO_HD bool key_better(float ka, int32_t ia, float kb, int32_t ib) {
-  return ka > kb || (ka == kb && ia < ib);
 }
 
 // Smallest key that can still enter the list (-inf while it is not full).
