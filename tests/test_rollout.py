@@ -658,3 +658,34 @@ def test_packed_w2_is_what_runs():
     q = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=5, return_q_rows=True,
                           w2_packed=zero)[2]
     assert torch.allclose(q[:, 1:], torch.softmax(base[:, 1:5].float(), -1), atol=1e-6)
+
+
+def test_sampled_dynamic_tree_with_rsd_is_lossless():
+    """Sampled dynamic tree (budget well below the candidate pool, so the selection prunes) +
+    verify(rule="rejection_without_replacement") with the rollout's q rows: the first two emitted
+    tokens follow the target exactly. The target is Markov (the law after a node depends on its
+    token only), so P(t1, t2) = p(t1 | anchor) p(t2 | t1); where nothing is accepted t2 is drawn
+    from p(. | t1) directly, as the next step would (tests/test_verify_stats.py). Fixed seeds;
+    false-alarm rate 1e-4 (G-test). Power: scoring sampled children by their own log q (the greedy
+    rule) instead makes this test fail with p ~ 1e-69 (checked by hand while developing)."""
+    from .test_verify_stats import first_two_tokens, joint_counts, processed
+
+    V, n = 6, 100_000
+    head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
+    e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
+    tokens, parents, q, num, rows = dk.domino_tree_rollout(
+        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=3, budget=3, pure_prefix_len=1,
+        temperature=1.0, seed=torch.arange(n) * 3 + 17, offset=5, return_q_rows=True)
+    assert (num == 4).all()  # 4 of 11 candidates kept
+    assert (parents[:, 1:] > 0).any() and (parents[:, 1:] == 0).any()  # both deep and wide trees
+    g = torch.Generator().manual_seed(21)
+    target = torch.randn(V, V, generator=g) * 1.5  # logits after a node with token x: target[x]
+    logits = target[tokens.clamp_min(0)]
+    acc, _, emitted = torch.ops.domino.verify(
+        tokens, parents, num, logits, torch.ones(n), None, None, rows, None,
+        torch.arange(n) + 99, torch.zeros(n, dtype=torch.int64), 3)
+    assert 0.1 < (acc >= 1).float().mean() < 0.95 and (acc >= 2).any()
+    p = np.stack([processed(target[x], 1.0, 0, 1.0) for x in range(V)])
+    t1, t2 = first_two_tokens(acc, emitted, p, 5)
+    assert_matches_distribution(joint_counts(t1, t2), (p[int(anchor[0])][:, None] * p).ravel(),
+                                what="sampled tree + RSD")
