@@ -1,7 +1,7 @@
 // CPU implementation of the Domino rollout (semantics in domino/rollout.h).
 //
-// One engine runs both the chain (topk 1, budget N) and the tree. Per level it does:
-//   m     = silu(zp[b, i] + (W1h h)[node])            every frontier row (zp = W1z zz, hoisted),
+// One engine runs both the chain (topk 1, budget N) and the dynamic tree. Per depth it does:
+//   m     = silu(zp[b, i] + (W1h h)[node])            every beam row (zp = W1z zz, hoisted),
 //           stored in the weight dtype (head_activation)
 //   pass  = one sweep over W2 in tiles of kTile rows: each W2 row (or packed group of 16 rows,
 //           pack_w2_bf16) is read once and dotted with all the level's m rows (weight-stationary;
@@ -36,7 +36,7 @@ constexpr int64_t kPrefetchRows = 16;  // weight rows prefetched ahead of the cu
 
 struct RowCtx {
   int64_t b;
-  int32_t node;  // frontier node being expanded
+  int32_t node;  // pool index of the beam node being expanded
   bool greedy;
   float temperature;
   uint64_t seed, offset;
