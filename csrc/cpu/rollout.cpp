@@ -33,6 +33,9 @@ constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay i
 static_assert(kTile % kPackRows == 0, "a tile must start a packed W2 group");
 constexpr int64_t kMaxChunks = 64;  // partials per row of a vocabulary pass
 constexpr int64_t kPrefetchRows = 16;  // weight rows prefetched ahead of the current block
+// Per-row loops whose rows are a few KB of element math (gathers, GRU cells, m): a parallel region
+// per beam level costs more than the work below this many rows (and much more on a loaded machine).
+constexpr int64_t kSmallRowGrain = 16;
 
 struct RowCtx {
   int64_t b;
@@ -168,7 +171,7 @@ class Engine {
     std::vector<float> gi(A * G3p_, 0.0f);
     auto token_ok = [&](int64_t t) { return t >= 0 && t < V_; };
     if (p_.gru_table) {
-      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
           const int64_t t = node_tok_[node(nodes[a].first, nodes[a].second)];
           if (token_ok(t)) to_f32_row(wrow(p_.gru_table, t, G3_), p_.wdtype, G3_, G3p_, &gi[a * G3p_]);
@@ -176,7 +179,7 @@ class Engine {
       });
     } else {
       std::vector<float> X(A * Hp_, 0.0f);
-      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
           const int64_t t = node_tok_[node(nodes[a].first, nodes[a].second)];
           if (token_ok(t)) to_f32_row(wrow(p_.embedding, t, H_), p_.wdtype, H_, Hp_, &X[a * Hp_]);
@@ -185,7 +188,7 @@ class Engine {
       gemv(p_.w_ih, H_, 0, H_, G3_, X.data(), A, gi.data(), G3p_);
     }
     std::vector<float> Xh(A * Gp_, 0.0f);
-    pf_(A, 1, [&](int64_t a0, int64_t a1) {
+    pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
       for (int64_t a = a0; a < a1; ++a) {
         const int64_t b = nodes[a].first;
         const int32_t par = node_par_[node(b, nodes[a].second)];
@@ -267,7 +270,7 @@ class Engine {
     std::vector<float> m;
     if (corrected) {
       m.assign(A * Ep_, 0.0f);
-      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
           const float* z = zp(ctx[a].b, i);
           const float* hp = &node_hg_[state(ctx[a].b, ctx[a].node) * HG_];
