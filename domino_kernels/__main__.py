@@ -175,8 +175,10 @@ def main(argv=None) -> int:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--ignore-eos", action="store_true")
     g.add_argument("--num-proposals", type=int, default=None, help="chain length (default: the draft's)")
-    g.add_argument("--tree-topk", type=int, default=0, help="children per tree node (tree drafting)")
-    g.add_argument("--tree-budget", type=int, default=0, help="drafted tree nodes (tree drafting)")
+    g.add_argument("--tree-topk", type=int, default=0,
+                   help="tree drafting: children per expanded node and nodes expanded per depth (beam)")
+    g.add_argument("--tree-budget", type=int, default=0,
+                   help="tree drafting: nodes verified besides the anchor (the best of all candidates)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the config's)")
     g.add_argument("--threads", type=int, default=0,

@@ -241,35 +241,39 @@ std::tuple<Tensor, Tensor, Tensor> domino_rollout(
   return {tokens, q, q_rows};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
     const Tensor& hidden, const Tensor& base_logits, const Tensor& anchor, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
     const OptTensor& gru_table, bool shift_label, int64_t pure_prefix_len, int64_t topk,
     int64_t depth, int64_t budget, const OptTensor& temperature, const OptTensor& seed,
-    const OptTensor& offset, const OptTensor& w2_packed) {
+    const OptTensor& offset, const OptTensor& w2_packed, bool return_q_rows) {
   constexpr const char* kOp = "domino::domino_tree_rollout";
   HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset, w2_packed};
   rollout::RolloutParams p = common_params(x, depth, shift_label, pure_prefix_len, kOp, "depth");
   DOMINO_CHECK_ARG(topk >= 1 && topk <= rollout::kMaxTopK, kOp, "topk", "must be in [1, ",
                    rollout::kMaxTopK, "], got ", topk);
-  DOMINO_CHECK_ARG(budget >= 1 && budget <= 4096, kOp, "budget", "must be in [1, 4096], got ", budget);
-  const int64_t B = p.B, M = budget + 1;
+  DOMINO_CHECK_ARG(budget >= 1 && budget <= rollout::kMaxTreeBudget, kOp, "budget", "must be in [1, ",
+                   rollout::kMaxTreeBudget, "], got ", budget);
+  const int64_t B = p.B, M = budget + 1, V = p.V;
   p.tree = true;
   p.topk = int32_t(topk);
   p.budget = int32_t(budget);
-  DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::max_frontier(p) <= rollout::kCudaMaxRows, kOp,
-                   "budget", "gives batch * widest level = ", B * rollout::max_frontier(p),
-                   " rows; CUDA supports <= ", rollout::kCudaMaxRows);
+  DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::beam_width(p) <= rollout::kCudaMaxRows, kOp,
+                   "topk", "gives batch * beam = ", B * rollout::beam_width(p),
+                   " expanded rows per depth; CUDA supports <= ", rollout::kCudaMaxRows);
   Tensor tokens = at::empty({B, M}, hidden.options().dtype(at::kLong));
   Tensor parents = at::empty({B, M}, hidden.options().dtype(at::kLong));
   Tensor q = at::empty({B, M}, hidden.options().dtype(at::kFloat));
   Tensor num_nodes = at::empty({B}, hidden.options().dtype(at::kLong));
+  Tensor q_rows = return_q_rows ? at::empty({B, M, V}, hidden.options().dtype(at::kFloat))
+                                : at::empty({0}, hidden.options().dtype(at::kFloat));
   p.tokens = tokens.data_ptr<int64_t>();
   p.parents = parents.data_ptr<int64_t>();
   p.q = q.data_ptr<float>();
   p.num_nodes = num_nodes.data_ptr<int64_t>();
+  p.q_rows = return_q_rows ? q_rows.data_ptr<float>() : nullptr;
   run(p, hidden, kOp);
-  return {tokens, parents, q, num_nodes};
+  return {tokens, parents, q, num_nodes, q_rows};
 }
 
 // table = embedding @ w_ih^T, accumulated in fp32 and rounded once to the weight dtype

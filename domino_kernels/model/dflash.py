@@ -117,7 +117,7 @@ class DraftModel:
         depth = min(budget, self.max_proposals())
         base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
         head = self.head if self.head is not None else self._zero_head(target)
-        tokens, parents, _, num = ops.domino_tree_rollout(
+        tokens, parents, _, num, _ = ops.domino_tree_rollout(
             z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
             gru_table=self.gru_table if self.head is not None else None,
