@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model.config import FINAL_NORM
+
 
 @dataclass
 class DraftSpec:
@@ -44,6 +46,9 @@ class DraftSpec:
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
     extra: dict = field(default_factory=dict)
+    # The feature of the target's last layer, if captured: "final_norm" (HF hidden_states[L], the
+    # reference) or "residual" (written to the config as dflash_config.last_layer_feature).
+    last_layer_feature: str = FINAL_NORM
 
     @property
     def shift_label(self) -> bool:
@@ -232,7 +237,7 @@ class DraftModel(nn.Module):
     def init_from_target(self, target_state: dict, last_layer: int) -> None:
         """Start every draft layer as a copy of the target's last decoder layer and the final norm
         as the target's, and make ``fc`` start as the identity on the deepest captured layer's
-        features (it sees the target's pre-norm residual stream). A warm start for tiny budgets."""
+        features. A warm start for tiny budgets."""
         for layer in self.layers:
             for name, p in layer.named_parameters():
                 p.copy_(target_state[f"model.layers.{last_layer}.{name}"].float())
@@ -253,6 +258,8 @@ class DraftModel(nn.Module):
         if s.domino:
             dfc.update({"projector_type": "domino", "pure_draft_prefix_len": s.pure_draft_prefix_len,
                         "emb_dim": s.emb_dim, "gru_hidden_dim": s.gru_hidden_dim})
+        if s.last_layer_feature != FINAL_NORM:  # the reference meaning needs no key
+            dfc["last_layer_feature"] = s.last_layer_feature
         cfg = {
             "architectures": ["DominoDraftModel" if s.domino else "DFlashDraftModel"],
             "model_type": "qwen3", "block_size": s.block_size, "num_target_layers": s.num_target_layers,
