@@ -130,6 +130,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     capacity = max(len(p) for p in prompts) + max_new_tokens + width + 1
     cache = target.new_cache(bsz, capacity)
     target.capture_layers = list(draft.cfg.target_layer_ids) if spec else []
+    if spec:
+        target.last_layer_feature = draft.cfg.last_layer_feature
     temps = _per_row(float(temperature), bsz, torch.float32, dev)
     topks = _per_row(int(top_k), bsz, torch.int64, dev)
     topps = _per_row(float(top_p), bsz, torch.float32, dev)

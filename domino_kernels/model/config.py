@@ -16,6 +16,21 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "half": torch.float16, "float": torch.float32}
 
 
+# What a draft's context feature for the target's last layer L-1 is (``target_layer_ids``
+# containing L-1). FINAL_NORM: the final norm's output, HF ``hidden_states[L]``, as the training
+# reference builds it (SpecForge: ``hidden_states[id + 1]``). RESIDUAL: the raw residual stream of
+# layer L-1, as vLLM 0.32 feeds it. Other layers' features are the same under both.
+FINAL_NORM = "final_norm"
+RESIDUAL = "residual"
+LAST_LAYER_FEATURES = (FINAL_NORM, RESIDUAL)
+
+
+def check_last_layer_feature(value, name: str = "last_layer_feature") -> str:
+    if value not in LAST_LAYER_FEATURES:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, LAST_LAYER_FEATURES))}, got {value!r}")
+    return value
+
+
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded; the message names the file or tensor."""
 
@@ -163,6 +178,7 @@ class DraftConfig:
     emb_dim: Optional[int]
     gru_hidden_dim: Optional[int]
     num_target_layers: Optional[int] = None
+    last_layer_feature: str = FINAL_NORM  # see FINAL_NORM / RESIDUAL above
 
     @property
     def has_head(self) -> bool:
@@ -201,12 +217,17 @@ class DraftConfig:
             raise CheckpointError(f"{path}: dflash_config.mask_token_id is missing")
         if proj is not None and (emb_dim is None or gru is None):
             raise CheckpointError(f"{path}: a Domino draft needs dflash_config.emb_dim and gru_hidden_dim")
+        last = dfc.get("last_layer_feature", FINAL_NORM)
+        if last not in LAST_LAYER_FEATURES:
+            raise CheckpointError(f"{path}: dflash_config.last_layer_feature {last!r} is not one of "
+                                  f"{', '.join(map(repr, LAST_LAYER_FEATURES))}")
         return cls(layers=layers, block_size=int(cfg.get("block_size", 16)),
                    target_layer_ids=[int(i) for i in ids], mask_token_id=int(mask),
                    projector_type=proj, pure_draft_prefix_len=int(dfc.get("pure_draft_prefix_len", 1)),
                    shift_label=bool(dfc.get("shift_label", False)),
                    emb_dim=None if emb_dim is None else int(emb_dim),
-                   gru_hidden_dim=None if gru is None else int(gru), num_target_layers=n_target)
+                   gru_hidden_dim=None if gru is None else int(gru), num_target_layers=n_target,
+                   last_layer_feature=last)
 
     def to_dict(self) -> dict:
         """The draft's ``config.json`` in the public format (spec §7.1): the backbone's Qwen3 fields,
@@ -218,6 +239,8 @@ class DraftConfig:
             dfc.update({"projector_type": self.projector_type,
                         "pure_draft_prefix_len": self.pure_draft_prefix_len,
                         "emb_dim": self.emb_dim, "gru_hidden_dim": self.gru_hidden_dim})
+        if self.last_layer_feature != FINAL_NORM:  # absent means the reference meaning
+            dfc["last_layer_feature"] = self.last_layer_feature
         cfg = {"architectures": ["DominoDraftModel" if self.has_head else "DFlashDraftModel"],
                "model_type": "qwen3", "block_size": self.block_size}
         if self.num_target_layers is not None:

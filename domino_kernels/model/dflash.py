@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops import DominoHeadWeights
-from .config import CheckpointError, DraftConfig
+from .config import CheckpointError, DraftConfig, check_last_layer_feature
 from .loading import TensorSource, read_state_dict
 from .qwen3 import PagedKVCache, Qwen3, Qwen3Layer, Rope, layer_attention, layer_mlp, load_layer, rms_norm
 
@@ -152,9 +152,16 @@ def check_pair(draft_cfg: DraftConfig, target: Qwen3, where: str) -> None:
         raise CheckpointError(f"{where}: block_size {d.block_size} must be at least 2")
 
 
-def load_draft(directory: str, target: Qwen3, dtype: Optional[torch.dtype] = None) -> DraftModel:
-    """Load a DFlash or Domino draft directory for ``target`` (whose embedding and lm_head it uses)."""
+def load_draft(directory: str, target: Qwen3, dtype: Optional[torch.dtype] = None, *,
+               last_layer_feature: Optional[str] = None) -> DraftModel:
+    """Load a DFlash or Domino draft directory for ``target`` (whose embedding and lm_head it uses).
+
+    ``last_layer_feature`` overrides the config's meaning of a feature of the target's last layer
+    (``"final_norm"``, the default and the training reference, or ``"residual"``, vLLM 0.32's; see
+    ``model.config``). It matters only when ``target_layer_ids`` contains that layer."""
     cfg = DraftConfig.from_dir(directory)
+    if last_layer_feature is not None:
+        cfg.last_layer_feature = check_last_layer_feature(last_layer_feature, "argument 'last_layer_feature'")
     check_pair(cfg, target, directory)
     return draft_from_state(cfg, read_state_dict(directory, dtype or target.dtype), target, directory)
 

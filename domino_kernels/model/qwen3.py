@@ -2,9 +2,14 @@
 
 Tokens of a batch are packed (``[total, ...]``) with ``q_cu_lens`` marking each request's new
 tokens; every layer appends its K/V with ``append_kv`` and attends with ``tree_attention`` (causal
-for prefill, chain verify and plain decoding, tree for tree verify). The residual-stream outputs of
-``capture_layers`` are returned concatenated (spec §2.1: the output of 0-based layer ``i`` is
-Hugging Face ``hidden_states[i + 1]``), which is what the draft consumes as context.
+for prefill, chain verify and plain decoding, tree for tree verify). The features of
+``capture_layers`` are returned concatenated in that order: what the draft consumes as context.
+
+Feature of 0-based layer ``i`` = Hugging Face ``hidden_states[i + 1]`` (spec §2.1), the training
+reference's definition (SpecForge's ``extract_context_feature``). For ``i < L-1`` that is the
+residual-stream output of layer ``i``; for the last layer ``i = L-1`` it is the output of the
+*final norm* (HF's ``hidden_states[L]``), unless ``last_layer_feature = "residual"`` asks for
+the raw residual stream of layer ``L-1`` (what vLLM 0.32's DFlash path feeds).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .config import Qwen3Config
+from .config import FINAL_NORM, Qwen3Config
 from .loading import TensorSource, read_state_dict
 
 
@@ -182,6 +187,7 @@ class Qwen3:
         self.cfg, self.embed, self.layers, self.norm, self.lm_head = cfg, embed, list(layers), norm, lm_head
         self.rope = Rope(cfg.head_dim, cfg.rope_theta, embed.device)
         self.capture_layers: list[int] = []
+        self.last_layer_feature: str = FINAL_NORM  # what a captured layer L-1 yields
 
     @property
     def device(self):
@@ -201,7 +207,8 @@ class Qwen3:
                 tree_mask: Optional[torch.Tensor] = None, logits_rows: Optional[torch.Tensor] = None):
         """Run packed new tokens of requests ``rows`` (cache row indices) on top of their committed
         KV. Returns ``(logits [n, V] fp32 for logits_rows (all tokens when None), features
-        [total, len(capture_layers) * H] or None)``. The cache's ``lens`` is not advanced."""
+        [total, len(capture_layers) * H] or None)``; the feature of layer ``L-1`` follows
+        ``last_layer_feature`` (module docstring). The cache's ``lens`` is not advanced."""
         cfg = self.cfg
         views = cache.layer_views(rows, q_cu_lens, mode, tree_mask)
         cos, sin = self.rope.cos_sin(positions, self.dtype)
@@ -212,9 +219,15 @@ class Qwen3:
             x = x + layer_mlp(layer, rms_norm(x, layer.post_norm, cfg.rms_norm_eps))
             if i in self.capture_layers:
                 captured[i] = x
+        last = len(self.layers) - 1
+        if last in captured and self.last_layer_feature == FINAL_NORM:
+            normed = rms_norm(x, self.norm, cfg.rms_norm_eps)  # HF hidden_states[L]
+            captured[last] = normed
+            h = normed if logits_rows is None else normed[logits_rows]
+        else:
+            h = rms_norm(x if logits_rows is None else x[logits_rows], self.norm, cfg.rms_norm_eps)
         feats = torch.cat([captured[i] for i in self.capture_layers], dim=-1) if captured else None
-        h = x if logits_rows is None else x[logits_rows]
-        logits = F.linear(rms_norm(h, self.norm, cfg.rms_norm_eps), self.lm_head).float()
+        logits = F.linear(h, self.lm_head).float()
         return logits, feats
 
 

@@ -3,8 +3,10 @@
 Data: prompts are windows of the training corpus; the target continues each greedily. A block
 is anchored at a position ``a`` whose following tokens are all target-greedy continuation, so
 every label is what the target itself would emit after the committed prefix: exactly what a
-drafter is asked to predict at decode time. Context features are the outputs of the target's
-``target_layer_ids`` decoder layers (pre-final-norm residual stream, captured with hooks).
+drafter is asked to predict at decode time. Context features of ``target_layer_ids`` are
+Hugging Face ``hidden_states[id + 1]``, as in the training reference (SpecForge): the residual-stream
+output of layer ``id``, except that for the target's last layer it is the final norm's output
+(``last_layer_feature="residual"`` takes the raw residual stream there instead, vLLM's choice).
 
 Loss (Domino, shift_label=true): slot j of the block anchored at a predicts x[a+j+1];
 ``L = (1-λ)·CE(base + correction) + λ·CE(base)``, λ linear from 1 to 0 over the run (the
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model.config import DraftConfig, Qwen3Config
+from ..model.config import FINAL_NORM, RESIDUAL, DraftConfig, Qwen3Config, check_last_layer_feature
 from .draft_model import DraftModel, save_draft
 from .schedule import Schedule, lr_at
 
@@ -36,21 +38,25 @@ class DistillData:
     valid_len: torch.Tensor   # [N] tokens up to and including the first eos of the continuation
 
 
-def capture_features(target, ids: torch.Tensor, layer_ids) -> torch.Tensor:
-    """Concatenated outputs of the target's decoder layers ``layer_ids`` for ``ids [b, L]``."""
-    got = {}
-    hooks = []
-    for i in layer_ids:
-        def hook(_m, _inp, out, i=i):
-            got[i] = out[0] if isinstance(out, tuple) else out
-        hooks.append(target.model.layers[i].register_forward_hook(hook))
+def capture_features(target, ids: torch.Tensor, layer_ids, last_layer_feature: str = FINAL_NORM) -> torch.Tensor:
+    """Concatenated context features of ``layer_ids`` for ``ids [b, L]``: ``hidden_states[i + 1]``
+    of the target (for its last layer, the final norm's output), or for the last layer the raw
+    residual stream of that layer when ``last_layer_feature == "residual"``."""
+    check_last_layer_feature(last_layer_feature)
+    last = target.config.num_hidden_layers - 1
+    raw = {}
+    hook = None
+    if last_layer_feature == RESIDUAL and last in layer_ids:
+        def keep(_m, _inp, out):
+            raw[last] = out[0] if isinstance(out, tuple) else out
+        hook = target.model.layers[last].register_forward_hook(keep)
     try:
         with torch.no_grad():
-            target.model(input_ids=ids)
+            states = target.model(input_ids=ids, output_hidden_states=True).hidden_states
     finally:
-        for h in hooks:
-            h.remove()
-    return torch.cat([got[i] for i in layer_ids], dim=-1)
+        if hook is not None:
+            hook.remove()
+    return torch.cat([raw[i] if i in raw else states[i + 1] for i in layer_ids], dim=-1)
 
 
 @torch.no_grad()
@@ -75,7 +81,8 @@ def greedy_continue(target, prompts: torch.Tensor, new_tokens: int, eos_id: int)
 
 
 def build_distill_data(target, stream: torch.Tensor, layer_ids, *, n_prompts: int, prompt_len: int,
-                       new_tokens: int, seed: int, eos_id: int, batch: int = 64, log=print) -> DistillData:
+                       new_tokens: int, seed: int, eos_id: int, batch: int = 64, log=print,
+                       last_layer_feature: str = FINAL_NORM) -> DistillData:
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, stream.numel() - prompt_len, (n_prompts,), generator=gen)
     prompts = stream[starts[:, None] + torch.arange(prompt_len)].long()
@@ -84,7 +91,7 @@ def build_distill_data(target, stream: torch.Tensor, layer_ids, *, n_prompts: in
     for i in range(0, n_prompts, batch):
         seq = greedy_continue(target, prompts[i:i + batch], new_tokens, eos_id)
         toks.append(seq)
-        feats.append(capture_features(target, seq, layer_ids).to(torch.bfloat16))
+        feats.append(capture_features(target, seq, layer_ids, last_layer_feature).to(torch.bfloat16))
         log(f"distill data: {min(i + batch, n_prompts)}/{n_prompts} sequences "
             f"({time.perf_counter() - t0:.0f}s)")
     tokens = torch.cat(toks)
@@ -272,7 +279,7 @@ def train_draft(make_model, data: DistillData, held: DistillData, out_dir: str, 
 
 
 def make_draft_config(target_cfg, mask_id: int, *, domino: bool, layers: int, layer_ids, block: int,
-                      gru: int, emb: int) -> DraftConfig:
+                      gru: int, emb: int, last_layer_feature: str = FINAL_NORM) -> DraftConfig:
     """The drafter's config for a transformers target config: ``layers`` decoder layers of the
     target's shape; a Domino head (public shift_label convention) or DFlash-only (spec §3.2)."""
     shape = dataclasses.replace(Qwen3Config.from_dict(target_cfg.to_dict(), "the target's config"),
@@ -281,7 +288,8 @@ def make_draft_config(target_cfg, mask_id: int, *, domino: bool, layers: int, la
                        mask_token_id=mask_id, projector_type="domino" if domino else None,
                        pure_draft_prefix_len=1, shift_label=domino, emb_dim=emb if domino else None,
                        gru_hidden_dim=gru if domino else None,
-                       num_target_layers=target_cfg.num_hidden_layers)
+                       num_target_layers=target_cfg.num_hidden_layers,
+                       last_layer_feature=last_layer_feature)
 
 
 def model_factory(target, cfg: DraftConfig, seed: int):
@@ -312,7 +320,7 @@ def run_draft_stage(args, log) -> None:
     train_stream = corpus.encode_corpus(tok, corpus.corpus_files("train", limit=args.max_files), EOS_ID)
     held_stream = corpus.encode_corpus(tok, corpus.corpus_files("heldout", limit=args.max_files), EOS_ID)
     mk = dict(prompt_len=args.distill_prompt_len, new_tokens=args.distill_new_tokens, eos_id=EOS_ID,
-              batch=args.distill_batch, log=log)
+              batch=args.distill_batch, log=log, last_layer_feature=args.last_layer_feature)
     train = build_distill_data(target, train_stream, layer_ids, n_prompts=args.distill_prompts,
                                seed=args.seed, **mk)
     held = build_distill_data(target, held_stream, layer_ids, n_prompts=max(16, args.distill_prompts // 8),
@@ -324,7 +332,8 @@ def run_draft_stage(args, log) -> None:
             raise ValueError(f"--variants: unknown drafter {kind!r} (expected domino or dflash)")
         cfg = make_draft_config(target.config, MASK_ID, domino=kind == "domino",
                                 layers=args.draft_layers, layer_ids=layer_ids, block=args.block_size,
-                                gru=args.gru_hidden, emb=args.emb_dim)
+                                gru=args.gru_hidden, emb=args.emb_dim,
+                                last_layer_feature=args.last_layer_feature)
         # Same budget for every variant: the step count timed for the first one (the same
         # batches and anchors, since the data generator is seeded identically).
         _, meta = train_draft(model_factory(target, cfg, args.seed), train, held,

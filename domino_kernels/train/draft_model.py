@@ -180,7 +180,7 @@ class DraftModel(nn.Module):
     def init_from_target(self, target_state: dict, last_layer: int) -> None:
         """Start every draft layer as a copy of the target's last decoder layer and the final norm
         as the target's, and make ``fc`` start as the identity on the deepest captured layer's
-        features (it sees the target's pre-norm residual stream). A warm start for tiny budgets."""
+        features. A warm start for tiny budgets."""
         for layer in self.layers:
             for name, p in layer.named_parameters():
                 p.copy_(target_state[f"model.layers.{last_layer}.{name}"].float())
