@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -211,6 +212,10 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(
   }
 #ifdef DOMINO_WITH_CUDA
   const c10::cuda::CUDAGuard guard(q.device());
+  // Rows that belong to no request (malformed q_cu_lens, not read on the host) are not written by
+  // the kernels: they read as "sees no key" (zeros, lse -inf) instead of uninitialised memory.
+  out.zero_();
+  if (return_lse) lse.fill_(-std::numeric_limits<float>::infinity());
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index());
   const int64_t splits = attention::attention_cuda_splits(p, sms);
