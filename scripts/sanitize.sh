@@ -42,11 +42,11 @@ export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export PYTHONPATH="$COPY" OMP_NUM_THREADS=2
 
+cd "$COPY"
 "$PY" -c "import domino_kernels, sys; f = domino_kernels.__file__; \
 sys.exit(0 if f.startswith('$COPY') else 'sanitize: imported ' + f)"
 TESTS="${SANITIZE_TESTS:-tests/test_sampling.py tests/test_verify.py tests/test_attention.py tests/test_rollout.py tests/test_hardening.py tests/test_fuzz_ops.py}"
 echo "[sanitize] pytest $TESTS"
-cd "$COPY"
 # shellcheck disable=SC2086
 "$PY" -m pytest -q -p no:cacheprovider $TESTS "$@"
 echo "[sanitize] done in $(( $(date +%s) - start ))s"
