@@ -5,7 +5,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -31,6 +33,7 @@ PagedKV check_cache(const at::Tensor& k_cache, const at::Tensor& v_cache,
                     const at::Tensor& block_table, const char* op) {
   check_device_supported(k_cache, op, "k_cache");
   check_dim(k_cache, 4, op, "k_cache");
+  float_dtype(k_cache, op, "k_cache");
   check_dim(v_cache, 4, op, "v_cache");
   DOMINO_CHECK_ARG(v_cache.sizes() == k_cache.sizes(), op, "v_cache",
                    "must have the shape of 'k_cache' ", shape_str(k_cache), ", got ",
@@ -80,14 +83,15 @@ void check_lengths(const at::Tensor& kv_lens, const at::Tensor& q_cu_lens, int64
 int64_t check_length_values(const PagedKV& kv, const int32_t* kv_lens, const int32_t* q_cu_lens,
                             int64_t batch, int64_t total_q, const char* op) {
   DOMINO_CHECK_ARG(q_cu_lens[0] == 0, op, "q_cu_lens", "must start at 0, got ", q_cu_lens[0]);
+  for (int64_t b = 0; b < batch; ++b)  // all of q_cu_lens first: kv_lens is judged against it
+    DOMINO_CHECK_ARG(q_cu_lens[b + 1] >= q_cu_lens[b], op, "q_cu_lens",
+                     "must be non-decreasing, got ", q_cu_lens[b], " then ", q_cu_lens[b + 1],
+                     " at request ", b);
   DOMINO_CHECK_ARG(q_cu_lens[batch] == total_q, op, "q_cu_lens",
                    "must end at the number of new tokens (", total_q, "), got ", q_cu_lens[batch]);
   const int64_t capacity = kv.max_pages * kv.page_size;
   int64_t max_new = 0;
   for (int64_t b = 0; b < batch; ++b) {
-    DOMINO_CHECK_ARG(q_cu_lens[b + 1] >= q_cu_lens[b], op, "q_cu_lens",
-                     "must be non-decreasing, got ", q_cu_lens[b], " then ", q_cu_lens[b + 1],
-                     " at request ", b);
     DOMINO_CHECK_ARG(kv_lens[b] >= 0, op, "kv_lens", "must be >= 0, got ", kv_lens[b],
                      " at request ", b);
     const int64_t n = q_cu_lens[b + 1] - q_cu_lens[b], end = int64_t(kv_lens[b]) + n;
@@ -135,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(
   check_lengths(kv_lens, q_cu_lens, batch, k_cache, op);
   DOMINO_CHECK_ARG(mask_mode >= 0 && mask_mode <= 2, op, "mask_mode",
                    "must be 0 (causal), 1 (tree) or 2 (full), got ", mask_mode);
-  DOMINO_CHECK_ARG(std::isfinite(scale), op, "scale", "must be finite, got ", scale);
+  DOMINO_CHECK_ARG(std::isfinite(scale) && std::fabs(scale) <= double(FLT_MAX), op, "scale",
+                   "must be finite as a float32 (|scale| <= 3.4028235e38), got ", scale);
   int64_t mask_words = 0;
   if (mask_mode == attention::kTree) {
     DOMINO_CHECK_ARG(tree_mask.has_value(), op, "tree_mask", "is required when mask_mode is 1 (tree)");
@@ -147,10 +152,22 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(
     mask_words = tree_mask->size(1);
   }
 
+  DOMINO_CHECK_ARG(batch > 0 || total_q == 0, op, "block_table", "has 0 rows (no request) but 'q' has ",
+                   total_q, " new tokens");
+  int64_t max_new = 0;
+  if (q.is_cpu()) {  // values are host-readable: validate them even when there is nothing to compute
+    max_new = check_length_values(kv, kv_lens.data_ptr<int32_t>(), q_cu_lens.data_ptr<int32_t>(),
+                                  batch, total_q, op);
+    if (mask_mode == attention::kTree)
+      DOMINO_CHECK_ARG(32 * mask_words >= max_new, op, "tree_mask", "has ", mask_words,
+                       " words per row, too few for a request with ", max_new,
+                       " new tokens (need ", (max_new + 31) / 32, ")");
+  }
+
   at::Tensor out = at::empty({total_q, Hq, D}, q.options());
   at::Tensor lse = return_lse ? at::empty({total_q, Hq}, q.options().dtype(at::kFloat))
                               : at::empty({0}, q.options().dtype(at::kFloat));
-  if (total_q == 0 || batch == 0) return {out, lse};
+  if (total_q == 0) return {out, lse};
 
   attention::AttentionParams p;
   p.q = q.data_ptr();
@@ -174,12 +191,6 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(
   p.lse = return_lse ? lse.data_ptr<float>() : nullptr;
 
   if (q.is_cpu()) {
-    const int64_t max_new =
-        check_length_values(kv, p.kv_lens, p.q_cu_lens, batch, total_q, op);
-    if (mask_mode == attention::kTree)
-      DOMINO_CHECK_ARG(32 * mask_words >= max_new, op, "tree_mask", "has ", mask_words,
-                       " words per row, too few for a request with ", max_new,
-                       " new tokens (need ", (max_new + 31) / 32, ")");
     const attention::CpuPlan plan = attention::plan_attention_cpu(p, at::get_num_threads());
     std::vector<attention::CpuWorkItem> items(attention::max_attention_cpu_items(p, plan));
     const int64_t n = attention::fill_attention_cpu_items(p, plan, items.data());
@@ -201,6 +212,10 @@ std::tuple<at::Tensor, at::Tensor> tree_attention(
   }
 #ifdef DOMINO_WITH_CUDA
   const c10::cuda::CUDAGuard guard(q.device());
+  // Rows that belong to no request (malformed q_cu_lens, not read on the host) are not written by
+  // the kernels: they read as "sees no key" (zeros, lse -inf) instead of uninitialised memory.
+  out.zero_();
+  if (return_lse) lse.fill_(-std::numeric_limits<float>::infinity());
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index());
   const int64_t splits = attention::attention_cuda_splits(p, sms);
@@ -245,7 +260,12 @@ void append_kv(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cac
   DOMINO_CHECK_ARG(v.stride(2) == 1, op, "v", "must have unit stride over head_dim");
   const int64_t batch = block_table.size(0), total_q = k.size(0);
   check_lengths(kv_lens, q_cu_lens, batch, k_cache, op);
-  if (total_q == 0 || batch == 0) return;
+  DOMINO_CHECK_ARG(batch > 0 || total_q == 0, op, "block_table", "has 0 rows (no request) but 'k' has ",
+                   total_q, " new tokens");
+  if (k.is_cpu())  // values are host-readable: validate them even when there is nothing to write
+    check_length_values(kv, kv_lens.data_ptr<int32_t>(), q_cu_lens.data_ptr<int32_t>(), batch,
+                        total_q, op);
+  if (total_q == 0) return;
 
   attention::AppendParams p;
   p.k = k.data_ptr();
@@ -264,7 +284,6 @@ void append_kv(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cac
   p.kv_lens = kv_lens.data_ptr<int32_t>();
   p.q_cu_lens = q_cu_lens.data_ptr<int32_t>();
   if (k.is_cpu()) {
-    check_length_values(kv, p.kv_lens, p.q_cu_lens, batch, total_q, op);
     at::parallel_for(0, total_q, 16, [&](int64_t r0, int64_t r1) {
       attention::append_kv_cpu(p, r0, r1);
     });
@@ -290,6 +309,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_info(const at::Tensor& paren
   const int64_t batch = parents.size(0), T = parents.size(1), W = (T + 31) / 32;
   check_vector(num_nodes, batch, at::kLong, parents, op, "num_nodes", "parents");
   check_vector(prefix_lens, batch, at::kLong, parents, op, "prefix_lens", "parents");
+  DOMINO_CHECK_ARG(T < INT32_MAX, op, "parents", "must have fewer than 2^31 - 1 nodes, got shape ",
+                   shape_str(parents));
+  if (parents.is_cpu()) {  // values are host-readable: validate them before any early return
+    const int64_t* par_v = parents.data_ptr<int64_t>();
+    const int64_t* nn_v = num_nodes.data_ptr<int64_t>();
+    const int64_t* pre_v = prefix_lens.data_ptr<int64_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t n = nn_v[b];
+      DOMINO_CHECK_ARG(n >= 0 && n <= T, op, "num_nodes", "must be in [0, ", T, "] (T, from 'parents'), got ",
+                       n, " at request ", b);
+      DOMINO_CHECK_ARG(pre_v[b] >= 0 && pre_v[b] <= INT32_MAX - T, op, "prefix_lens", "must be in [0, 2^31 - 1 - T] = [0, ",
+                       INT32_MAX - T, "] (positions are int32 lengths for the attention ops), got ",
+                       pre_v[b], " at request ", b);
+      if (n > 0)
+        DOMINO_CHECK_ARG(par_v[b * T] == -1, op, "parents",
+                         "must have -1 (root) at node 0, got ", par_v[b * T], " at request ", b);
+      for (int64_t i = 1; i < n; ++i) {
+        const int64_t par = par_v[b * T + i];
+        DOMINO_CHECK_ARG(par >= 0 && par < i, op, "parents", "entry [", b, ", ", i, "] = ", par,
+                         " must be in [0, ", i, ") (parents precede their children)");
+      }
+    }
+  }
   at::Tensor mask = at::empty({batch, T, W}, parents.options().dtype(at::kInt));
   at::Tensor depth = at::empty({batch, T}, parents.options().dtype(at::kInt));
   at::Tensor positions = at::empty({batch, T}, parents.options());
@@ -306,19 +348,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_info(const at::Tensor& paren
   p.depth = depth.data_ptr<int32_t>();
   p.positions = positions.data_ptr<int64_t>();
   if (parents.is_cpu()) {
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t n = p.num_nodes[b];
-      DOMINO_CHECK_ARG(n >= 0 && n <= T, op, "num_nodes", "must be in [0, ", T, "], got ", n,
-                       " at request ", b);
-      if (n > 0)
-        DOMINO_CHECK_ARG(p.parents[b * T] == -1, op, "parents",
-                         "must have -1 (root) at node 0, got ", p.parents[b * T], " at request ", b);
-      for (int64_t i = 1; i < n; ++i) {
-        const int64_t par = p.parents[b * T + i];
-        DOMINO_CHECK_ARG(par >= 0 && par < i, op, "parents", "entry [", b, ", ", i, "] = ", par,
-                         " must be in [0, ", i, ") (parents precede their children)");
-      }
-    }
     at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
       attention::tree_info_cpu(p, b0, b1);
     });
@@ -333,18 +362,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_info(const at::Tensor& paren
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(domino, CPU, m) {
-  m.impl("tree_attention", &tree_attention);
-  m.impl("append_kv", &append_kv);
-  m.impl("tree_info", &tree_info);
-}
-#ifdef DOMINO_WITH_CUDA
-TORCH_LIBRARY_IMPL(domino, CUDA, m) {
-  m.impl("tree_attention", &tree_attention);
-  m.impl("append_kv", &append_kv);
-  m.impl("tree_info", &tree_info);
-}
-#endif
+DOMINO_IMPL_ALL_KEYS(m.impl("tree_attention", &tree_attention); m.impl("append_kv", &append_kv);
+                     m.impl("tree_info", &tree_info);)
 
 }  // namespace binding
 }  // namespace domino

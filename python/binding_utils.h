@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <climits>
 #include <string>
 
 #include "domino/common.h"
@@ -28,7 +29,15 @@ inline std::string shape_str(const at::Tensor& t) {
   return s + "]";
 }
 
+// Every tensor argument: given (a required Tensor passed as None arrives undefined) and dense.
+inline void check_tensor(const at::Tensor& t, const char* op, const char* arg) {
+  DOMINO_CHECK_ARG(t.defined(), op, arg, "is required, got None");
+  DOMINO_CHECK_ARG(t.layout() == at::kStrided, op, arg, "must be a dense (strided) tensor, got layout ",
+                   t.layout());
+}
+
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* arg) {
+  check_tensor(t, op, arg);
   DOMINO_CHECK_ARG(t.dim() == dim, op, arg, "must have ", dim, " dimensions, got shape ",
                    shape_str(t));
 }
@@ -47,6 +56,7 @@ inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* o
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
                               const char* arg, const char* ref_arg) {
+  check_tensor(t, op, arg);
   DOMINO_CHECK_ARG(t.device() == ref.device(), op, arg, "must be on the same device as '",
                    ref_arg, "' (", ref.device(), "), got ", t.device());
 }
@@ -80,6 +90,7 @@ inline DType float_dtype(const at::Tensor& t, const char* op, const char* arg) {
 }
 
 inline void check_device_supported(const at::Tensor& t, const char* op, const char* arg) {
+  check_tensor(t, op, arg);
 #ifdef DOMINO_WITH_CUDA
   DOMINO_CHECK_ARG(t.is_cpu() || t.is_cuda(), op, arg, "must be a CPU or CUDA tensor, got ",
                    t.device());
@@ -89,6 +100,28 @@ inline void check_device_supported(const at::Tensor& t, const char* op, const ch
                    t.device());
 #endif
 }
+
+// A count the framework-free core holds in 32 bits: checked before narrowing.
+inline int32_t checked_int32(int64_t v, const char* op, const char* arg) {
+  DOMINO_CHECK_ARG(v >= INT32_MIN && v <= INT32_MAX, op, arg, "must fit in int32, got ", v);
+  return int32_t(v);
+}
+
+// Registers an op's implementation for CPU (and CUDA) and as its CompositeExplicitAutograd kernel,
+// which the dispatcher uses for every other backend (sparse layouts, CUDA tensors in a CPU-only
+// build, other devices) and for calls with no tensor argument (None for every tensor): those calls
+// reach the binding's checks, which name the argument, instead of the dispatcher's generic
+// "could not run ... with arguments from the ... backend". Meta goes to the fake kernel.
+#ifdef DOMINO_WITH_CUDA
+#define DOMINO_IMPL_ALL_KEYS(REGISTER)                           \
+  TORCH_LIBRARY_IMPL(domino, CPU, m) { REGISTER }                \
+  TORCH_LIBRARY_IMPL(domino, CUDA, m) { REGISTER }               \
+  TORCH_LIBRARY_IMPL(domino, CompositeExplicitAutograd, m) { REGISTER }
+#else
+#define DOMINO_IMPL_ALL_KEYS(REGISTER)                           \
+  TORCH_LIBRARY_IMPL(domino, CPU, m) { REGISTER }                \
+  TORCH_LIBRARY_IMPL(domino, CompositeExplicitAutograd, m) { REGISTER }
+#endif
 
 #ifdef DOMINO_WITH_CUDA
 inline void* current_stream(const at::Tensor& t) {

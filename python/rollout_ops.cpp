@@ -6,6 +6,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -35,6 +36,10 @@ struct HeadArgs {
   const OptTensor& offset;
   const OptTensor& w2_packed;
 };
+
+// Largest number of proposals (chain), depth and node budget (tree) per request: the engines keep
+// per-node arrays of this size and hold the counts in 32 bits.
+constexpr int64_t kMaxNodes = 4096;
 
 // The packed W2 layout's shape for W2 [V, E].
 std::vector<int64_t> packed_w2_shape(int64_t V, int64_t E) {
@@ -85,6 +90,7 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   if (x.gru_table) check_weight(*x.gru_table, hidden, V, 3 * G, op, "gru_table", "V, from 'w2'", "3G, from 'w_ih'");
   if (x.w2_packed) {
     const Tensor& pk = *x.w2_packed;
+    check_tensor(pk, op, "w2_packed");
     DOMINO_CHECK_ARG(pk.is_cpu() && hidden.is_cpu(), op, "w2_packed",
                      "is a CPU layout (from domino::pack_w2); pass None on ", hidden.device());
     DOMINO_CHECK_ARG(wdtype == DType::BF16, op, "w2_packed", "needs bf16 weights, got ", hidden.scalar_type());
@@ -105,9 +111,10 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   DOMINO_CHECK_ARG(base.stride(2) == 1, op, "base_logits", "must have unit stride in the vocabulary dimension");
   check_vector(x.anchor, B, at::kLong, hidden, op, "anchor", "hidden");
 
-  const int64_t max_depth = shift_label ? S : S - 1;
+  const int64_t max_depth = std::min<int64_t>(shift_label ? S : S - 1, kMaxNodes);
   DOMINO_CHECK_ARG(depth >= 1 && depth <= max_depth, op, depth_arg, "must be in [1, ", max_depth,
-                   "] (the block has S = ", S, " slots and shift_label = ", shift_label, "), got ", depth);
+                   "] (the block has S = ", S, " slots, shift_label = ", shift_label,
+                   ", at most ", kMaxNodes, "), got ", depth);
   DOMINO_CHECK_ARG(base.size(1) >= depth, op, "base_logits", "must hold at least ", depth,
                    " proposals in dimension 1, got shape ", shape_str(base));
   DOMINO_CHECK_ARG(pure_prefix_len >= 0, op, "pure_prefix_len", "must be >= 0, got ", pure_prefix_len);
@@ -151,7 +158,7 @@ rollout::RolloutParams common_params(const HeadArgs& x, int64_t depth, bool shif
   p.w2_packed = x.w2_packed ? reinterpret_cast<const uint32_t*>(x.w2_packed->data_ptr<int32_t>()) : nullptr;
   p.wdtype = wdtype;
   p.B = B; p.S = S; p.H = H; p.G = G; p.E = E; p.V = V;
-  p.depth = int32_t(depth);
+  p.depth = checked_int32(depth, op, depth_arg);
   p.pure_prefix = int32_t(std::min<int64_t>(pure_prefix_len, depth));
   p.shift_label = shift_label;
   p.temperature = x.temperature ? x.temperature->data_ptr<float>() : nullptr;
@@ -210,7 +217,7 @@ std::tuple<Tensor, Tensor, Tensor> domino_rollout(
                    rollout::kCudaMaxRows, " on CUDA, got ", B);
   p.tree = false;
   p.topk = 1;
-  p.budget = int32_t(N);
+  p.budget = checked_int32(N, kOp, "num_proposals");
 
   Tensor tokens = at::empty({B, N}, hidden.options().dtype(at::kLong));
   Tensor q = at::empty({B, N}, hidden.options().dtype(at::kFloat));
@@ -257,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
   const int64_t B = p.B, M = budget + 1, V = p.V;
   p.tree = true;
   p.topk = int32_t(topk);
-  p.budget = int32_t(budget);
+  p.budget = checked_int32(budget, kOp, "budget");
   DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::beam_width(p) <= rollout::kCudaMaxRows, kOp,
                    "topk", "gives batch * beam = ", B * rollout::beam_width(p),
                    " expanded rows per depth; CUDA supports <= ", rollout::kCudaMaxRows);
@@ -286,7 +293,10 @@ Tensor build_gru_table(const Tensor& embedding, const Tensor& w_ih) {
   check_same_device(w_ih, embedding, kOp, "w_ih", "embedding");
   check_dim(w_ih, 2, kOp, "w_ih");
   check_size(w_ih, 1, embedding.size(1), kOp, "w_ih", "H, from 'embedding'");
-  DOMINO_CHECK_ARG(w_ih.size(0) % 3 == 0, kOp, "w_ih", "must have shape [3G, H], got shape ", shape_str(w_ih));
+  DOMINO_CHECK_ARG(embedding.size(0) > 0, kOp, "embedding", "must have V >= 1 rows, got shape ",
+                   shape_str(embedding));
+  DOMINO_CHECK_ARG(w_ih.size(0) > 0 && w_ih.size(0) % 3 == 0, kOp, "w_ih",
+                   "must have shape [3G, H] (rows a positive multiple of 3), got shape ", shape_str(w_ih));
   DOMINO_CHECK_ARG(w_ih.scalar_type() == embedding.scalar_type(), kOp, "w_ih",
                    "must have the same dtype as 'embedding' (", embedding.scalar_type(), "), got ",
                    w_ih.scalar_type());
@@ -314,6 +324,7 @@ Tensor build_gru_table(const Tensor& embedding, const Tensor& w_ih) {
 // W2 [V, E] bf16 -> the packed layout (rollout.h), on the CPU, threaded over groups.
 Tensor pack_w2(const Tensor& w2) {
   constexpr const char* kOp = "domino::pack_w2";
+  check_tensor(w2, kOp, "w2");
   DOMINO_CHECK_ARG(w2.is_cpu(), kOp, "w2", "must be a CPU tensor (the packed layout is for the CPU kernel), got ",
                    w2.device());
   check_dim(w2, 2, kOp, "w2");
@@ -333,20 +344,10 @@ Tensor pack_w2(const Tensor& w2) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(domino, CPU, m) {
-  m.impl("pack_w2", &pack_w2);
-  m.impl("domino_rollout", &domino_rollout);
-  m.impl("domino_tree_rollout", &domino_tree_rollout);
-  m.impl("build_gru_table", &build_gru_table);
-}
-#ifdef DOMINO_WITH_CUDA
-TORCH_LIBRARY_IMPL(domino, CUDA, m) {
-  m.impl("pack_w2", &pack_w2);  // raises: a CPU layout
-  m.impl("domino_rollout", &domino_rollout);
-  m.impl("domino_tree_rollout", &domino_tree_rollout);
-  m.impl("build_gru_table", &build_gru_table);
-}
-#endif
+// pack_w2 raises on CUDA tensors (a CPU layout).
+DOMINO_IMPL_ALL_KEYS(m.impl("pack_w2", &pack_w2); m.impl("domino_rollout", &domino_rollout);
+                     m.impl("domino_tree_rollout", &domino_tree_rollout);
+                     m.impl("build_gru_table", &build_gru_table);)
 
 }  // namespace binding
 }  // namespace domino

@@ -12,6 +12,18 @@ namespace {
 
 constexpr const char* kOp = "domino::sample";
 
+// Names the reason a CPU row came out invalid (error path only: scans the row again).
+[[noreturn]] void raise_invalid_row(const at::Tensor& logits, int64_t b, float temperature) {
+  const at::Tensor row = logits.select(0, b).to(at::kFloat);
+  const bool bad = row.isnan().any().item<bool>() || row.isposinf().any().item<bool>();
+  DOMINO_CHECK_ARG(bad || !row.isneginf().all().item<bool>(), kOp, "logits", "row ", b,
+                   " has every logit -inf: no token can be sampled");
+  DOMINO_CHECK_ARG(bad, kOp, "temperature", "is too small at row ", b, ": ", temperature,
+                   " makes the largest scaled logit overflow float32");
+  DOMINO_CHECK_ARG(false, kOp, "logits", "row ", b, " contains NaN or +inf");
+  TORCH_CHECK(false, "unreachable");
+}
+
 at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature,
                   const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
                   const std::optional<at::Tensor>& min_p, const at::Tensor& seed,
@@ -68,6 +80,9 @@ at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature,
     at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
       sampling::sample_rows_cpu(p, b0, b1);
     });
+    // The parameters are valid, so a -1 row has unusable logits: raise, as domino::verify does.
+    for (int64_t b = 0; b < batch; ++b)
+      if (p.out[b] < 0) raise_invalid_row(logits, b, p.temperature[b]);
     return out;
   }
 #ifdef DOMINO_WITH_CUDA
@@ -79,10 +94,7 @@ at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(domino, CPU, m) { m.impl("sample", &sample); }
-#ifdef DOMINO_WITH_CUDA
-TORCH_LIBRARY_IMPL(domino, CUDA, m) { m.impl("sample", &sample); }
-#endif
+DOMINO_IMPL_ALL_KEYS(m.impl("sample", &sample);)
 
 }  // namespace binding
 }  // namespace domino

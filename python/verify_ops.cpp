@@ -189,10 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(domino, CPU, m) { m.impl("verify", &verify); }
-#ifdef DOMINO_WITH_CUDA
-TORCH_LIBRARY_IMPL(domino, CUDA, m) { m.impl("verify", &verify); }
-#endif
+DOMINO_IMPL_ALL_KEYS(m.impl("verify", &verify);)
 
 }  // namespace binding
 }  // namespace domino

@@ -118,14 +118,24 @@ def test_topk_ties_are_kept():
     assert set(out.tolist()) == {0, 2, 3}
 
 
-def test_invalid_rows_give_minus_one():
+@pytest.mark.parametrize("row, value, match", [
+    (0, "nan", "'logits' row 0 contains NaN"), (1, "inf", "'logits' row 1 contains NaN or \\+inf"),
+    (2, "-inf_row", "'logits' row 2 has every logit -inf")])
+def test_invalid_rows_raise_on_cpu(row, value, match):
+    # CPU tensors raise, naming the argument and the row (CUDA: -1, test_cuda_invalid_rows_...)
     logits = torch.randn(4, 10)
-    logits[0, 3] = float("nan")
-    logits[1, 4] = float("inf")
-    logits[2, :] = float("-inf")
+    if value == "-inf_row":
+        logits[row, :] = float("-inf")
+    else:
+        logits[row, 3] = float(value)
     for t in (0.0, 1.0):
-        out = dk.sample(logits, temperature=t, seed=1)
-        assert out[:3].tolist() == [-1, -1, -1] and 0 <= out[3] < 10
+        with pytest.raises(ValueError, match=match):
+            dk.sample(logits, temperature=t, seed=1)
+
+
+def test_temperature_that_overflows_the_scaled_logits_raises():
+    with pytest.raises(ValueError, match="'temperature' is too small at row 1"):
+        dk.sample(torch.ones(2, 10), temperature=torch.tensor([1.0, 1e-45]), seed=1)
 
 
 def test_minus_inf_entries_are_never_sampled():
@@ -197,6 +207,20 @@ def test_cuda_equals_cpu(dtype, filters):
     args = make_args(64, 151936 if filters.get("top_p", 1.0) < 1.0 else 5000, dtype=dtype, **filters)
     cuda_args = [a.cuda() for a in args]
     assert torch.equal(torch.ops.domino.sample(*cuda_args).cpu(), torch.ops.domino.sample(*args))
+
+
+@requires_cuda
+def test_cuda_invalid_rows_give_minus_one():
+    logits = torch.randn(5, 10)
+    logits[0, 3] = float("nan")
+    logits[1, 4] = float("inf")
+    logits[2, :] = float("-inf")
+    for t in (0.0, 1.0):
+        temps = torch.full((5,), t)
+        temps[3] = 1e-45 if t else 0.0
+        out = dk.sample(logits.cuda(), temperature=temps.cuda(), seed=1).cpu()
+        assert out[:3].tolist() == [-1, -1, -1] and out[4] >= 0
+        assert out[3].item() == (-1 if t else int(logits[3].argmax()))
 
 
 @requires_cuda

@@ -239,6 +239,7 @@ const Kernels& kernels() {
 // ---- one work item --------------------------------------------------------------------------
 struct Scratch {
   std::vector<float> qt, o, m, l, alpha, st, k, v;
+  std::vector<uint8_t> bad;  // per row: a visible score was NaN or +inf (finish_row)
 };
 
 template <typename T>
@@ -258,6 +259,7 @@ void run_item(const AttentionParams& p, const CpuPlan& plan, const CpuWorkItem& 
   sc.qt.assign(D * rp, 0.0f);
   sc.o.assign(rp * dp, 0.0f);
   sc.m.assign(rp, kNegInf);
+  sc.bad.assign(rp, 0);
   sc.l.assign(rp, 0.0f);
   sc.alpha.resize(rp);
   sc.st.resize(kKeyBlock * rp);
@@ -318,6 +320,10 @@ void run_item(const AttentionParams& p, const CpuPlan& plan, const CpuWorkItem& 
         }
       }
     }
+    for (int64_t j = 0; j < nk; ++j) {  // invisible keys hold -inf by now
+      const float* st = sc.st.data() + j * rp;
+      for (int64_t r = 0; r < R; ++r) sc.bad[r] |= bad_score(st[r]);
+    }
     kern.softmax(sc.st.data(), sc.m.data(), sc.l.data(), sc.alpha.data(), rp);
     for (int64_t r = 0; r < R; ++r) {
       const float a = sc.alpha[r];
@@ -333,9 +339,8 @@ void run_item(const AttentionParams& p, const CpuPlan& plan, const CpuWorkItem& 
   for (int64_t r = 0; r < R; ++r) {
     const int64_t rr = it.row_begin + r, i = rr / G, head = it.kv_head * G + rr % G;
     const int64_t row = (span.q_begin + i) * Hq + head;
-    const float l = sc.l[r];
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const float lse = l > 0.0f ? sc.m[r] + std::log(l) : kNegInf;
+    const RowFinish fin = finish_row(sc.m[r], sc.l[r], sc.bad[r] != 0);
+    const float inv = fin.inv, lse = fin.lse;
     const float* orow = sc.o.data() + r * dp;
     if (plan.num_splits > 1) {
       float* dst = ws_out + (it.split * p.total_q * Hq + row) * D;
@@ -422,8 +427,18 @@ void merge_attention_cpu(const AttentionParams& p, const CpuPlan& plan, const fl
     using T = decltype(tag);
     for (int64_t row = row_begin; row < row_end; ++row) {  // row = token * Hq + head
       float mx = kNegInf;
-      for (int64_t s = 0; s < S; ++s) mx = std::max(mx, ws_lse[s * stride + row]);
+      bool nan = false;  // a split's row was undefined: so is the merged row
+      for (int64_t s = 0; s < S; ++s) {
+        mx = std::max(mx, ws_lse[s * stride + row]);
+        nan |= std::isnan(ws_lse[s * stride + row]);
+      }
       T* dst = static_cast<T*>(p.out) + row * D;
+      if (nan) {
+        const float q_nan = std::numeric_limits<float>::quiet_NaN();
+        for (int64_t d = 0; d < D; ++d) dst[d] = from_float<T>(q_nan);
+        if (p.lse) p.lse[row] = q_nan;
+        continue;
+      }
       if (mx == kNegInf) {
         for (int64_t d = 0; d < D; ++d) dst[d] = from_float<T>(0.0f);
         if (p.lse) p.lse[row] = kNegInf;
@@ -497,7 +512,7 @@ void tree_info_cpu(const TreeInfoParams& p, int64_t b_begin, int64_t b_end) {
         for (int64_t w = 0; w < W; ++w) row[w] = 0;
       }
       p.depth[b * T + i] = depth;
-      p.positions[b * T + i] = prefix + depth;
+      p.positions[b * T + i] = int64_t(uint64_t(prefix) + uint64_t(depth));  // wraps, never UB
     }
   }
 }

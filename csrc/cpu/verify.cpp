@@ -20,9 +20,13 @@ struct CpuRow {
   cpu::RowScratch s;
   std::vector<int64_t> kids_buf, kid_tok_buf;
   std::vector<double> scales_buf;
+  std::vector<uint64_t> resid_buf;
+  std::vector<int64_t> uniq_buf;
   int64_t* kids = nullptr;
   int64_t* kid_tok = nullptr;
   double* scales = nullptr;
+  uint64_t* resid = nullptr;  // R_j(v) per vocabulary entry (rejection rules): O(k V) per node
+  int64_t* uniq = nullptr;
   int64_t best = -1;
   uint64_t W = 0;
 
@@ -35,6 +39,14 @@ struct CpuRow {
     kids = kids_buf.data();
     kid_tok = kid_tok_buf.data();
     scales = scales_buf.data();
+    resid = nullptr;
+    uniq = nullptr;
+    if (params.rule == kRejection || params.rule == kRejectionNoReplacement) {
+      resid_buf.assign(size_t(params.vocab), 0);  // the walk's invariant: zero between nodes
+      uniq_buf.resize(size_t(params.nodes));
+      resid = resid_buf.data();
+      uniq = uniq_buf.data();
+    }
   }
 
   bool load(int64_t node, bool greedy) {

@@ -139,8 +139,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   float o[RPW][DPL], m[RPW], l[RPW];
+  bool bad[RPW];  // a visible score was NaN or +inf (finish_row)
 #pragma unroll
   for (int k = 0; k < RPW; ++k) {
+    bad[k] = false;
     m[k] = kNegInf;
     l[k] = 0.0f;
 #pragma unroll
@@ -200,6 +202,7 @@ __global__ void __launch_bounds__(kThreads)
                                 pos - span.kv_len);
       }
       const float sk = vis ? s[k] : kNegInf;
+      if (__any_sync(cuda::kFullMask, vis && bad_score(s[k]))) bad[k] = true;
       const float m_new = fmaxf(m[k], warp_max_f(sk));
       const float pk = m_new == kNegInf ? 0.0f : expf(sk - m_new);
       const float alpha = m[k] == kNegInf ? 0.0f : expf(m[k] - m_new);
@@ -233,8 +236,8 @@ __global__ void __launch_bounds__(kThreads)
     if (rr >= r1) continue;
     const int64_t i = rr / G, head = kvh * G + rr % G;
     const int64_t row = (span.q_begin + i) * Hq + head;
-    const float inv = l[k] > 0.0f ? 1.0f / l[k] : 0.0f;
-    const float lse = l[k] > 0.0f ? m[k] + logf(l[k]) : kNegInf;
+    const RowFinish fin = finish_row(m[k], l[k], bad[k]);
+    const float inv = fin.inv, lse = fin.lse;
     if (num_splits > 1) {
       const int64_t slot = w.split * p.total_q * Hq + row;
 #pragma unroll
@@ -267,8 +270,18 @@ __global__ void __launch_bounds__(kThreads)
   const bool owned =
       request_of_row(p.kv_lens, p.q_cu_lens, p.batch, p.total_q, row / Hq) >= 0;
   float mx = kNegInf;
+  bool nan = false;  // a split's row was undefined (finish_row): so is the merged row
   if (owned)
-    for (int64_t s = 0; s < num_splits; ++s) mx = fmaxf(mx, ws_lse[s * stride + row]);
+    for (int64_t s = 0; s < num_splits; ++s) {
+      mx = fmaxf(mx, ws_lse[s * stride + row]);
+      nan = nan || det::is_nan(ws_lse[s * stride + row]);
+    }
+  if (nan) {
+    const float q_nan = bits_to_float(0x7fc00000u);
+    for (int64_t d = lane; d < D; d += 32) out[d] = from_float<T>(q_nan);
+    if (lane == 0 && p.lse) p.lse[row] = q_nan;
+    return;
+  }
   if (mx == kNegInf) {
     for (int64_t d = lane; d < D; d += 32) out[d] = from_float<T>(0.0f);
     if (lane == 0 && p.lse) p.lse[row] = kNegInf;
@@ -421,6 +434,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   // This thread's two rows (tile-local): lo = warp*16 + g, hi = lo + 8.
   const int row_lo = warp * 16 + g;
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
+  bool bad[2] = {false, false};  // a visible score was NaN or +inf (finish_row)
   float o[D / 8][4];
 #pragma unroll
   for (int dt = 0; dt < D / 8; ++dt)
@@ -495,6 +509,13 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int nt = 0; nt < kMmaKeys / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(cuda::kFullMask, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(cuda::kFullMask, mx, 2));
+      int any_bad = 0;
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt)
+        any_bad |= bad_score(s[nt][2 * h]) | bad_score(s[nt][2 * h + 1]);
+      any_bad |= __shfl_xor_sync(cuda::kFullMask, any_bad, 1);
+      any_bad |= __shfl_xor_sync(cuda::kFullMask, any_bad, 2);
+      bad[h] = bad[h] || any_bad != 0;
       const float m_new = fmaxf(m[h], mx);
       const float base = m_new == kNegInf ? 0.0f : m_new;
       float sum = 0.0f;
@@ -543,8 +564,8 @@ __global__ void __launch_bounds__(kMmaThreads)
     if (rr >= r1) continue;
     const int64_t i = rr / G, head = kvh * G + rr % G;
     const int64_t row = (span.q_begin + i) * Hq + head;
-    const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
-    const float lse = l[h] > 0.0f ? m[h] + logf(l[h]) : kNegInf;
+    const RowFinish fin = finish_row(m[h], l[h], bad[h]);
+    const float inv = fin.inv, lse = fin.lse;
     if (num_splits > 1) {
       const int64_t slot = w.split * p.total_q * Hq + row;
 #pragma unroll
@@ -644,7 +665,7 @@ __global__ void tree_info_kernel(TreeInfoParams p) {
     if (lane == 0) {
       const int32_t depth = (i < n && par >= 0) ? p.depth[b * T + par] + 1 : 0;
       p.depth[b * T + i] = depth;
-      p.positions[b * T + i] = prefix + depth;
+      p.positions[b * T + i] = int64_t(uint64_t(prefix) + uint64_t(depth));  // wraps, never UB
     }
   }
 }

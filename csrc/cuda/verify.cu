@@ -144,6 +144,8 @@ struct CudaRow {
   int64_t* kids;
   int64_t* kid_tok;
   double* scales;
+  uint64_t* resid = nullptr;  // no per-vocabulary scratch: the walk recomputes R_j(v) (verify.h)
+  int64_t* uniq = nullptr;
   const T* row = nullptr;
   float inv_temperature = 1.0f, m = 0.0f;  // 1/T rounded once, as domino::sample
   uint32_t floor_key = 0;

@@ -31,3 +31,22 @@ def seeds_and_offsets(seed: PerRow, offset: PerRow, batch: int, device: torch.de
     seed_t = per_row(seed, batch, torch.int64, device, "seed")
     offset_t = per_row(0 if offset is None else offset, batch, torch.int64, device, "offset")
     return seed_t, offset_t
+
+
+def check_fake_args(op: str, required: dict, optional: dict = None) -> None:
+    """Argument checks of a fake (meta) kernel. The dispatcher runs the fake kernel whenever one
+    argument is on ``meta``, so a call that mixes ``meta`` with CPU/CUDA tensors lands here and
+    must raise like the real kernels (which refuse mixed devices) instead of returning empty
+    tensors. ``required``/``optional`` map argument names to values, in schema order; the first
+    tensor is the reference device."""
+    ref_name, ref = None, None
+    for name, value in list(required.items()) + list((optional or {}).items()):
+        if value is None:
+            if name in required:
+                raise ValueError(f"{op}: argument '{name}' is required, got None")
+            continue
+        if ref is None:
+            ref_name, ref = name, value
+        elif value.device != ref.device:
+            raise ValueError(f"{op}: argument '{name}' must be on the same device as "
+                             f"'{ref_name}' ({ref.device}), got {value.device}")

@@ -19,6 +19,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ._common import check_fake_args
+
 MASK_MODES = {"causal": 0, "tree": 1, "full": 2}
 
 
@@ -85,6 +87,9 @@ def tree_info(parents: torch.Tensor, num_nodes: Optional[torch.Tensor] = None,
 @torch.library.register_fake("domino::tree_attention")
 def _tree_attention_fake(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens, tree_mask,
                          mask_mode, scale, return_lse):
+    check_fake_args("domino::tree_attention",
+                    dict(q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                         kv_lens=kv_lens, q_cu_lens=q_cu_lens), dict(tree_mask=tree_mask))
     torch._check(q.dim() == 3, lambda: "domino::tree_attention: argument 'q' must be 3-D")
     out = q.new_empty(q.shape)
     if return_lse:
@@ -96,11 +101,16 @@ def _tree_attention_fake(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens, t
 
 @torch.library.register_fake("domino::append_kv")
 def _append_kv_fake(k, v, k_cache, v_cache, block_table, kv_lens, q_cu_lens):
+    check_fake_args("domino::append_kv",
+                    dict(k=k, v=v, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                         kv_lens=kv_lens, q_cu_lens=q_cu_lens))
     return None
 
 
 @torch.library.register_fake("domino::tree_info")
 def _tree_info_fake(parents, num_nodes, prefix_lens):
+    check_fake_args("domino::tree_info",
+                    dict(parents=parents, num_nodes=num_nodes, prefix_lens=prefix_lens))
     torch._check(parents.dim() == 2, lambda: "domino::tree_info: argument 'parents' must be 2-D")
     batch, nodes = parents.shape
     words = (nodes + 31) // 32

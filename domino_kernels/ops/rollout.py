@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._common import PerRow, per_row, seeds_and_offsets
+from ._common import PerRow, check_fake_args, per_row, seeds_and_offsets
 
 
 @dataclass
@@ -120,8 +120,17 @@ def pack_w2(w2: torch.Tensor) -> torch.Tensor:
     return torch.ops.domino.pack_w2(w2)
 
 
+def _check_head_fake(op, hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table,
+                     temperature, seed, offset, w2_packed):
+    check_fake_args(op, dict(hidden=hidden, base_logits=base_logits, anchor=anchor, w_ih=w_ih,
+                             w_hh=w_hh, w1=w1, w2=w2, embedding=embedding),
+                    dict(gru_table=gru_table, temperature=temperature, seed=seed, offset=offset,
+                         w2_packed=w2_packed))
+
+
 @torch.library.register_fake("domino::pack_w2")
 def _pack_w2_fake(w2):
+    check_fake_args("domino::pack_w2", dict(w2=w2))
     V, E = w2.shape
     return w2.new_empty(((V + 15) // 16, (E + 1) // 2, 16), dtype=torch.int32)
 
@@ -130,6 +139,8 @@ def _pack_w2_fake(w2):
 def _rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table,
                   num_proposals, shift_label, pure_prefix_len, temperature, seed, offset,
                   return_q_rows, candidates, w2_packed=None):
+    _check_head_fake("domino::domino_rollout", hidden, base_logits, anchor, w_ih, w_hh, w1, w2,
+                     embedding, gru_table, temperature, seed, offset, w2_packed)
     torch._check(hidden.dim() == 3, lambda: "domino::domino_rollout: argument 'hidden' must be 3-D")
     B, V = hidden.shape[0], w2.shape[0]
     tokens = hidden.new_empty((B, num_proposals), dtype=torch.int64)
@@ -142,6 +153,8 @@ def _rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gr
 def _tree_rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table,
                        shift_label, pure_prefix_len, topk, depth, budget, temperature, seed,
                        offset, w2_packed=None, return_q_rows=False):
+    _check_head_fake("domino::domino_tree_rollout", hidden, base_logits, anchor, w_ih, w_hh, w1,
+                     w2, embedding, gru_table, temperature, seed, offset, w2_packed)
     torch._check(hidden.dim() == 3, lambda: "domino::domino_tree_rollout: argument 'hidden' must be 3-D")
     B, M, V = hidden.shape[0], budget + 1, w2.shape[0]
     return (hidden.new_empty((B, M), dtype=torch.int64), hidden.new_empty((B, M), dtype=torch.int64),
@@ -151,4 +164,5 @@ def _tree_rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embeddin
 
 @torch.library.register_fake("domino::build_gru_table")
 def _build_gru_table_fake(embedding, w_ih):
+    check_fake_args("domino::build_gru_table", dict(embedding=embedding, w_ih=w_ih))
     return embedding.new_empty((embedding.shape[0], w_ih.shape[0]))

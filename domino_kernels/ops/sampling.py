@@ -11,8 +11,10 @@ Semantics (the contract of ``csrc/include/domino/sampling.h``; executable spec i
   probability >= ``min_p`` times the largest; the token is an exact sample of the renormalised
   result (Gumbel-max with counter-based Philox noise).
 * ``top_k = 0``, ``top_p = 1`` and ``min_p = 0`` switch the filters off.
-* a row with a NaN or +inf logit, or with every logit -inf, yields token ``-1``. On CPU tensors,
-  out-of-range parameters raise; on CUDA tensors (which are not read on the host) they yield -1.
+* bad rows: a NaN or +inf logit, every logit -inf, a temperature so small that the largest scaled
+  logit overflows float32, or an out-of-range parameter. On CPU tensors these raise ``ValueError``
+  naming the argument and the row (as ``verify`` does); CUDA tensors are not read on the host, so
+  there the row's token is ``-1`` (the defined result: check ``out < 0`` on the device).
 
 CPU and CUDA kernels return identical tokens for identical inputs, seeds and offsets. The
 vocabulary may have up to 2^23 entries (the fixed-point mass sums are exact up to that size).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import PerRow, per_row, seeds_and_offsets
+from ._common import PerRow, check_fake_args, per_row, seeds_and_offsets
 
 
 def sample(logits: torch.Tensor, temperature: PerRow = 1.0, top_k: PerRow = None,
@@ -49,5 +51,7 @@ def sample(logits: torch.Tensor, temperature: PerRow = 1.0, top_k: PerRow = None
 
 @torch.library.register_fake("domino::sample")
 def _sample_fake(logits, temperature, top_k, top_p, min_p, seed, offset):
+    check_fake_args("domino::sample", dict(logits=logits, temperature=temperature, seed=seed,
+                                           offset=offset), dict(top_k=top_k, top_p=top_p, min_p=min_p))
     torch._check(logits.dim() == 2, lambda: "domino::sample: argument 'logits' must be 2-D")
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from ._common import PerRow, per_row, seeds_and_offsets
+from ._common import PerRow, check_fake_args, per_row, seeds_and_offsets
 
 RULES = {"greedy": 0, "target_only": 1, "rejection": 2, "rejection_without_replacement": 3}
 
@@ -75,6 +75,11 @@ def verify(draft_tokens: torch.Tensor, parents: torch.Tensor, logits: torch.Tens
 @torch.library.register_fake("domino::verify")
 def _verify_fake(draft_tokens, parents, num_nodes, logits, temperature, top_k, top_p,
                  draft_probs, draft_token_probs, seed, offset, rule):
+    check_fake_args("domino::verify",
+                    dict(draft_tokens=draft_tokens, parents=parents, num_nodes=num_nodes,
+                         logits=logits, temperature=temperature, seed=seed, offset=offset),
+                    dict(top_k=top_k, top_p=top_p, draft_probs=draft_probs,
+                         draft_token_probs=draft_token_probs))
     torch._check(draft_tokens.dim() == 2,
                  lambda: "domino::verify: argument 'draft_tokens' must be 2-D")
     b, t = draft_tokens.shape

@@ -19,6 +19,12 @@
 // dtype; lse = natural-log log-sum-exp of the visible scaled scores. A row that sees no key gets
 // out = 0 and lse = -inf.
 //
+// Numerics at the edges (CPU and CUDA alike): scale is an fp32 value (the binding rejects a scale
+// whose fp32 rounding is not finite), and the scaled scores are fp32. A row with a visible scaled
+// score that is NaN or +inf (a NaN/inf in q or in a visible K row, or a product that overflows
+// fp32) gets out = NaN and lse = NaN: the softmax is undefined there and says so. A score of -inf
+// weighs exp(-inf) = 0, like an invisible key.
+//
 // Defined results for bad values read from device memory (the CPU binding raises on all of these
 // instead; the CUDA kernels never read or write out of bounds):
 //   * q_cu_lens entries are clamped to [0, total_q] and a request whose end precedes its begin has
@@ -30,6 +36,7 @@
 #pragma once
 
 #include "domino/common.h"
+#include "domino/numerics.h"
 
 namespace domino {
 namespace attention {
@@ -84,6 +91,24 @@ DOMINO_HD RequestSpan request_span(const int32_t* kv_lens, const int32_t* q_cu_l
   hi = hi < 0 ? 0 : (hi > total_q ? total_q : hi);
   const int64_t kv = kv_lens[b];
   return RequestSpan{lo, hi > lo ? hi - lo : 0, kv > 0 ? kv : 0};
+}
+
+// A visible scaled score that makes its row undefined (NaN, or +inf: see the contract above).
+DOMINO_HD bool bad_score(float s) { return !(s < det::kInf); }
+
+// Normalisation of a finished softmax row with running max m, sum l of exp(s - m) and `bad` (a
+// visible score was bad_score): out = o * inv, lse as documented above.
+struct RowFinish {
+  float inv;
+  float lse;
+};
+DOMINO_HD RowFinish finish_row(float m, float l, bool bad) {
+  if (bad || det::is_nan(m) || det::is_nan(l)) {
+    const float nan = bits_to_float(0x7fc00000u);
+    return RowFinish{nan, nan};
+  }
+  if (l > 0.0f) return RowFinish{1.0f / l, m + logf(l)};
+  return RowFinish{0.0f, -det::kInf};
 }
 
 // Physical page of logical position `pos` of request b, or -1 if the position is not backed by a

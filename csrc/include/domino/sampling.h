@@ -15,9 +15,12 @@
 //             (seed_b, offset_b, stream(kSample, 0), block 0); the token is the first index whose
 //             inclusive prefix mass exceeds r. Exact for the fixed-point weights (relative
 //             quantisation 2^-40 of the largest probability; tokens with e_v < 2^-40 get mass 0).
-//   A row is invalid, and its token is -1, when: a logit is NaN or +inf, no logit is > -inf,
-//   T < 0 or NaN, k < 0, p not in (0, 1], q not in [0, 1], or the largest scaled logit overflows.
-//   The binding layer raises on these for CPU tensors; on CUDA the -1 is the defined result.
+//   A row is invalid, and the kernels write token -1 for it, when: a logit is NaN or +inf, no
+//   logit is > -inf, T < 0 or NaN, k < 0, p not in (0, 1], q not in [0, 1], or the largest scaled
+//   logit overflows (e.g. T = 1e-45). For CPU tensors the binding raises instead, naming the
+//   argument (logits, temperature, top_k, top_p or min_p) and the row, as domino::verify does for
+//   its bad rows; CUDA tensors are not read on the host, so there the -1 row is the defined result
+//   (check `out < 0` on the device if the inputs may be bad).
 #pragma once
 
 #include "domino/common.h"

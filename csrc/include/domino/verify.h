@@ -148,6 +148,20 @@ DOMINO_HD bool accept_coin(double u, uint64_t Q, uint64_t R) {
   return dd::mul(u, dd::from_u64(Q)) < dd::from_u64(R);
 }
 
+// A `resid` word: R_j(v) (<= 2^40: a fixed-point mass) in the low bits; kResidDrawn marks a token
+// already drawn by an earlier sibling (rule 3: q_j(v) = 0 from then on); kResidLive marks a child
+// token of the current node (token-probability path: R_j(v) != w_v only there).
+constexpr uint64_t kResidDrawn = uint64_t(1) << 63;
+constexpr uint64_t kResidLive = uint64_t(1) << 62;
+constexpr uint64_t kResidMask = (uint64_t(1) << 62) - 1;
+
+// R_{j+1}(v) from R_j(v) = r: subtract min(r, Q_j(v)), Q_j(v) = 0 once v was drawn (rule 3).
+DOMINO_HD uint64_t residual_step(uint64_t r, bool drawn, float qv, double scale) {
+  if (r == 0 || drawn) return r;
+  const uint64_t Q = to_fixed(qv, scale);
+  return r - (r < Q ? r : Q);
+}
+
 // Validates the request's ids and parameters (O(nodes) reads). Returns a Status; `bad_node` is
 // the node at fault (or -1).
 DOMINO_HD int32_t validate_request(const VerifyParams& p, int64_t b, int64_t& bad_node) {
@@ -197,6 +211,16 @@ DOMINO_HD int32_t validate_request(const VerifyParams& p, int64_t b, int64_t& ba
 //   bool leader(); void sync();  int64_t* kids, *kid_tok; double* scales  (scratch of `nodes`
 //                            entries each: the current node's children, their tokens, the
 //                            sibling scales; written by the leader, read by all after sync())
+//   uint64_t* resid; int64_t* uniq   optional scratch (null: recompute). resid holds one word per
+//                            vocabulary entry, all zero between nodes; uniq `nodes` entries.
+//                            The CPU backend supplies them (single-threaded walk); the CUDA
+//                            backend passes null and recomputes R_j(v) from w_v in O(j).
+//
+// Cost of the rejection rules at a node with k children. R_j(v) is a running subtraction, so
+// with `resid` the walk keeps R_j(v) for every v and one rejection costs one pass over the
+// vocabulary (full rows) or over the distinct child tokens (token probabilities): O(k V) and
+// O(k min(k, V)) per node. Without it, R_j(v) is recomputed in O(j) per v: O(k^2 V). Both give
+// the same integers: the stored value is exactly the value recomputed.
 
 struct Walk {
   const VerifyParams* p;
@@ -206,6 +230,7 @@ struct Walk {
   const int64_t* kids;     // children of `node`, in node order
   const int64_t* kid_tok;  // their tokens
   const double* scales;    // scale_l = M_l / (1 - S_l) of the siblings tested so far
+  uint64_t* resid;         // null, or R_j(v) of the siblings tested so far (see Row)
 
   DOMINO_HD int64_t token(int64_t i) const { return p->draft_tokens[b * p->nodes + i]; }
 
@@ -259,7 +284,27 @@ struct ResidualMass {  // f(v) = R_j(v)
   Row* row;
   int64_t j;
   DOMINO_HD_TEMPLATE DOMINO_HD uint64_t operator()(int64_t v) const {
-    return walk->residual(row->mass(v), v, j);
+    if (j == 0) return row->mass(v);
+    if (!walk->resid) return walk->residual(row->mass(v), v, j);
+    const uint64_t e = walk->resid[v];
+    if (walk->p->draft_probs || (e & kResidLive)) return e & kResidMask;
+    return row->mass(v);  // token probabilities: not a child token, R_j(v) = w_v
+  }
+};
+
+template <class Row>
+struct ResidualUpdate {  // full rows with `resid`: stores R_{j+1}(v) from R_j(v); f(v) = R_{j+1}(v)
+  const Walk* walk;
+  Row* row;
+  int64_t j;
+  double scale;
+  DOMINO_HD_TEMPLATE DOMINO_HD uint64_t operator()(int64_t v) const {
+    const uint64_t e = j == 0 ? row->mass(v) : walk->resid[v];
+    const uint64_t drawn = e & kResidDrawn;
+    const float qv = walk->p->draft_probs[(walk->b * walk->p->nodes + walk->node) * walk->p->vocab + v];
+    const uint64_t r = residual_step(e & kResidMask, drawn != 0, qv, scale);
+    walk->resid[v] = r | drawn;
+    return r;
   }
 };
 
@@ -298,7 +343,7 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
   const uint64_t seed = uint64_t(p.seed[b]), offset = uint64_t(p.offset[b]);
   const int64_t* par = p.parents + b * T;
 
-  Walk walk{&p, b, 0, 0, row.kids, row.kid_tok, row.scales};
+  Walk walk{&p, b, 0, 0, row.kids, row.kid_tok, row.scales, row.resid};
   int64_t len = 0, out_tok = -1;
   for (;;) {
     const int64_t node = walk.node;
@@ -354,26 +399,57 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
     } else {
       uint64_t M = row.total();
       double S = 0.0;  // sum of q of the siblings tested so far (rule 3)
+      const bool no_repl = rule == kRejectionNoReplacement;
+      // Token probabilities with `resid`: the distinct child tokens (first occurrences, in node
+      // order) start at R_0 = w and are marked live.
+      int64_t nu = 0;
+      if (row.resid && !p.draft_probs) {
+        if (row.leader())
+          for (int64_t l = 0; l < k; ++l) {
+            const int64_t t = row.kid_tok[l];
+            if (row.resid[t] & kResidLive) continue;
+            row.resid[t] = kResidLive | row.mass(t);
+            row.uniq[nu++] = l;
+          }
+        row.sync();
+      }
       int64_t j = 0;
       for (; j < k; ++j) {
         const int64_t c = row.kids[j];
         const int64_t x = walk.token(c);
         const float qx = walk.kid_q(j);
         const double rest = dd::sub(1.0, S);  // rule 3: mass of q not yet drawn
-        const double scale = rule != kRejectionNoReplacement ? dd::from_u64(M)
+        const double scale = !no_repl      ? dd::from_u64(M)
                              : rest > 0.0 ? dd::div(dd::from_u64(M), rest)
                                           : double(det::kInf);
         if (row.leader()) row.scales[j] = scale;
         row.sync();
-        const uint64_t R = walk.residual(row.mass(x), x, j);
-        const bool repeat = rule == kRejectionNoReplacement && walk.first_kid_with(x) < j;
+        const uint64_t R = ResidualMass<Row>{&walk, &row, j}(x);
+        const bool repeat = no_repl && walk.first_kid_with(x) < j;
         const uint64_t Q = repeat ? 0 : to_fixed(qx, scale);
         const double u = uniform52(
             rng::random_u64(seed, offset, rng::stream_id(rng::kVerifyCoin, uint32_t(c))));
         if (accept_coin(u, Q, R)) { next = c; break; }
         // Rejected: M_{j+1}. With full rows this is a pass over the vocabulary; with token
         // probabilities only the child tokens change, so only they are revisited.
-        if (p.draft_probs) {
+        if (row.resid && p.draft_probs) {
+          M = row.sum(ResidualUpdate<Row>{&walk, &row, j, scale});
+          if (no_repl && row.leader()) row.resid[x] |= kResidDrawn;
+          row.sync();
+        } else if (row.resid) {
+          if (row.leader()) {
+            for (int64_t u_i = 0; u_i < nu; ++u_i) {
+              const int64_t l = row.uniq[u_i];
+              const int64_t t = row.kid_tok[l];
+              const uint64_t e = row.resid[t], r = e & kResidMask, drawn = e & kResidDrawn;
+              const uint64_t r1 = residual_step(r, drawn != 0, walk.q_of(t, l), scale);
+              M -= r - r1;
+              row.resid[t] = kResidLive | drawn | r1;
+            }
+            if (no_repl) row.resid[x] |= kResidDrawn;
+          }
+          row.sync();
+        } else if (p.draft_probs) {
           M = row.sum(ResidualMass<Row>{&walk, &row, j + 1});
         } else {
           for (int64_t l = 0; l < k; ++l) {
@@ -393,6 +469,11 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
           M = row.total();
         }
         out_tok = row.find(rng::uniform_below(r64, M), ResidualMass<Row>{&walk, &row, j});
+      }
+      if (row.resid && !p.draft_probs) {  // back to all zero for the next node
+        if (row.leader())
+          for (int64_t u_i = 0; u_i < nu; ++u_i) row.resid[row.kid_tok[row.uniq[u_i]]] = 0;
+        row.sync();
       }
     }
     if (next < 0) break;
