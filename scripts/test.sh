@@ -10,7 +10,7 @@ if [ "$DOMINO_TORCH" = cuda ]; then cmake_dir="build/cmake-cuda"; cmake_cuda=ON;
 # another one; Makefiles where there is no ninja at all. A build directory keeps its generator.
 if [ -f "$cmake_dir/CMakeCache.txt" ]; then
   generator=()
-elif ninja=$(command -v ninja); then
+elif ninja=$(command -v ninja) && "$ninja" --version >/dev/null 2>&1; then
   generator=(-G Ninja "-DCMAKE_MAKE_PROGRAM=$ninja")
 else
   generator=(-G "Unix Makefiles")
