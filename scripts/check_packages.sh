@@ -13,8 +13,12 @@ cd "$ROOT"
 WORK="$(mkdir -p "${1:-build/packages}" && cd "${1:-build/packages}" && pwd)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 MAX_JOBS="${MAX_JOBS:-2}" DOMINO_BUILD_CUDA=0
 unset PYTHONPATH
-rm -rf "$WORK"/{dist,venv-sdist,venv-wheel,run,*.log}
-mkdir -p "$WORK/dist" "$WORK/run"
+rm -rf "$WORK"/{dist,venv-sdist,venv-wheel,*.log}
+mkdir -p "$WORK/dist"
+# The installed packages run from an empty directory outside the checkout (nothing importable
+# from the source tree can shadow them).
+RUN_DIR=$(mktemp -d)
+trap 'rm -rf "$RUN_DIR"' EXIT
 start=$(date +%s)
 step() { echo "[packages] [$(( $(date +%s) - start ))s] $*"; }
 # Long logs go to files, shown only when a step fails.
@@ -35,7 +39,7 @@ step "$(basename "$SDIST"): $(du -h "$SDIST" | cut -f1), $(tar tzf "$SDIST" | gr
 
 check_installed() {  # $1: venv; runs outside the source tree, with only the venv's python
   local py="$1/bin/python"
-  (cd "$WORK/run" && "$py" -m domino_kernels.info && "$1/bin/domino-kernels" demo --max-new-tokens 8 \
+  (cd "$RUN_DIR" && "$py" -m domino_kernels.info && "$1/bin/domino-kernels" demo --max-new-tokens 8 \
      && "$py" "$ROOT/scripts/package_smoke.py")
 }
 
@@ -51,7 +55,7 @@ check_installed "$WORK/venv-sdist"
 step "pip wheel --no-build-isolation from the sdist"
 PATH="$WORK/venv-sdist/bin:$PATH" logged wheel "$WORK/venv-sdist/bin/pip" wheel --no-build-isolation --no-deps -w "$WORK/dist" "$SDIST"
 WHEEL=$(ls "$WORK"/dist/domino_kernels-*.whl)
-step "$(basename "$WHEEL"): $(du -h "$WHEEL" | cut -f1); contains: $(unzip -l "$WHEEL" | grep -o -E 'domino_kernels/(_C[^ ]*\.so|_build_info\.py|assets/NOTICE|assets/default/target/model\.safetensors)' | tr '\n' ' ')"
+step "$(basename "$WHEEL"): $(du -h "$WHEEL" | cut -f1); contains: $(unzip -Z1 "$WHEEL" | grep -x -E 'domino_kernels/(_C[^/]*\.so|_build_info\.py|assets/NOTICE|assets/default/target/model\.safetensors)' | tr '\n' ' ')"
 step "fresh venv for the wheel: the wheel and the dependencies it declares (pinned torch), nothing else"
 python3 -m venv "$WORK/venv-wheel"
 logged install-wheel "$WORK/venv-wheel/bin/pip" install "${PINS[@]}" "$WHEEL"
