@@ -144,7 +144,11 @@ def write_results(name: str, rows: list[dict], extra: dict | None = None,
         json.dump(payload, f, indent=2)
     from bench.plots import save_png
 
-    png = save_png(path)
+    try:  # the JSON is the result; a plot that cannot be drawn must not fail a long benchmark
+        png = save_png(path)
+    except Exception as err:  # noqa: BLE001
+        print(f"[plots] no plot for {path}: {err!r} (redraw with python -m bench.report --plots)")
+        png = None
     if png:
         print(f"plot: {png}")
     return path

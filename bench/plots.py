@@ -129,7 +129,8 @@ def _tokens_per_s(data: dict, ax, value: str, group_keys: tuple[str, ...], serie
     _grouped_bars(ax, groups, {name: [by_group.get(g) for g in groups] for name, by_group in cells.items()})
     ax.set_ylabel("tokens / s")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
 
 
 def plot_models(data: dict, ax) -> None:
