@@ -2,8 +2,11 @@
 
 DOMINO_BUILD_CUDA=0|1|auto (default auto: a CUDA build of torch and nvcc at CUDA_HOME).
 TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0a"; CUDA_HOME defaults to /usr/local/cuda when present.
-Always install with `pip install --no-build-isolation -e .` so the extension is compiled against
-the torch that will import it.
+DOMINO_LOCAL_VERSION=auto appends the build flavour to the wheel's version as a local version tag
+(0.1.0+cu130torch2.14, 0.1.0+cputorch2.13); any other non-empty value is used as the tag itself.
+Always install with `pip install --no-build-isolation ...` so the extension is compiled against
+the torch that will import it; the build records that torch in domino_kernels/_build_info.py, which
+the package checks before loading the extension.
 """
 import glob
 import os
@@ -19,6 +22,19 @@ from setuptools import setup  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def version() -> str:
+    """domino_kernels/_version.py (read, not imported: the package needs the built extension),
+    plus the optional local version tag."""
+    scope: dict = {}
+    with open(os.path.join(ROOT, "domino_kernels", "_version.py")) as f:
+        exec(f.read(), scope)
+    tag = os.environ.get("DOMINO_LOCAL_VERSION", "")
+    if tag == "auto":
+        flavour = f"cu{torch.version.cuda.replace('.', '')}" if with_cuda else "cpu"
+        tag = flavour + "torch" + ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    return scope["__version__"] + (f"+{tag}" if tag else "")
 
 
 def want_cuda() -> bool:
@@ -68,7 +84,35 @@ ext = Extension(
     extra_link_args=["-fopenmp"],
 )
 
+
+
+class BuildExtension(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's build_ext, which also writes _build_info.py next to _C: the torch (and CUDA) the
+    extension was compiled against, read by domino_kernels/_torch_check.py before _C is loaded."""
+
+    def run(self):
+        super().run()
+        info = ("# Written by setup.py when domino_kernels._C was built: the torch it was compiled against.\n"
+                f"TORCH_VERSION = {torch.__version__!r}\n"
+                f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+                f"WITH_CUDA = {with_cuda!r}\n")
+        # The build directory (what a wheel packs) and, for in-place and editable builds, the
+        # source package, where setuptools copies _C to.
+        inplace, dirs = self.inplace, set()
+        try:
+            for flag in {False, bool(inplace)}:
+                self.inplace = flag  # get_ext_fullpath answers for the current mode
+                dirs.add(os.path.dirname(self.get_ext_fullpath("domino_kernels._C")))
+        finally:
+            self.inplace = inplace
+        for d in sorted(dirs):
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "_build_info.py"), "w") as f:
+                f.write(info)
+
+
 setup(
+    version=version(),
     ext_modules=[ext],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension},
 )

@@ -133,7 +133,8 @@ def device_tag(device: torch.device | str) -> str:
 
 def write_results(name: str, rows: list[dict], extra: dict | None = None,
                   device: torch.device | str = "cpu") -> str:
-    """Write ``rows`` plus the machine description to bench/results/<name>-<device>.json."""
+    """Write ``rows`` plus the machine description to bench/results/<name>-<device>.json, and its
+    plot beside it (bench/plots.py; needs matplotlib)."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{name}-{device_tag(device)}.json")
     payload = {"benchmark": name, "machine": machine_info(device),
@@ -141,6 +142,15 @@ def write_results(name: str, rows: list[dict], extra: dict | None = None,
                **(extra or {}), "rows": rows}
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+    from bench.plots import save_png
+
+    try:  # the JSON is the result; a plot that cannot be drawn must not fail a long benchmark
+        png = save_png(path)
+    except Exception as err:  # noqa: BLE001
+        print(f"[plots] no plot for {path}: {err!r} (redraw with python -m bench.report --plots)")
+        png = None
+    if png:
+        print(f"plot: {png}")
     return path
 
 

@@ -1,10 +1,14 @@
-"""Render a benchmark JSON (bench/results/*.json) as a Markdown table, for the README and docs.
+"""Render a benchmark JSON (bench/results/*.json) as a Markdown table, for the README and docs,
+or redraw the plots (a PNG beside each JSON, bench/plots.py) from the JSON files alone.
 
     python -m bench.report bench/results/sampling-cpu.json [col1,col2,...]
+    python -m bench.report --plots [bench/results/*.json]     (default: every JSON in bench/results)
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
 import sys
 
 
@@ -22,5 +26,17 @@ def markdown(path: str, columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def plots(paths: list[str]) -> int:
+    from bench.plots import save_png
+
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    for path in paths or sorted(glob.glob(os.path.join(results, "*.json"))):
+        png = save_png(path)
+        print(f"{path}: {png or 'no plot'}")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--plots"]:
+        sys.exit(plots(sys.argv[2:]))
     print(markdown(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else None))

@@ -17,6 +17,9 @@ else
 fi
 export MAX_JOBS="${MAX_JOBS:-2}"
 PY="$ROOT/$VENV/bin/python"
+# The venv's bin first on PATH: its ninja (a pinned dependency) then serves torch's extension
+# builder and CMake, so the machine needs no system ninja.
+export PATH="$ROOT/$VENV/bin:$PATH"
 
 # pip -q still prints one "Location ... is ignored" warning per package on machines whose pip
 # config names a missing local index; keep the output readable, and show everything on failure.
