@@ -42,17 +42,22 @@ def test_supported_versions():
     assert "0.33.0" in msg and "0.32.0" in msg
 
 
-def _run_engine(tmp_path_factory, name: str, spec: dict, plugins: bool = True) -> dict:
-    d = tmp_path_factory.mktemp(name)
-    spec_path, out_path = d / "spec.json", d / "out.json"
-    spec_path.write_text(json.dumps(spec))
-    # one core, a small KV cache, the engine in the runner's process, no graph compilation: the
-    # engine starts in well under a minute instead of several on a small shared CPU
+def _engine_env(plugins: bool = True) -> dict:
+    # one core, a small KV cache, the engine in the caller's process (with enforce_eager: no graph
+    # compilation), so an engine starts in about a minute instead of several on a small shared CPU
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0",
                VLLM_ENABLE_V1_MULTIPROCESSING="0",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if not plugins:
         env["VLLM_PLUGINS"] = ""   # vLLM loads only the plugins named here: none
+    return env
+
+
+def _run_engine(tmp_path_factory, name: str, spec: dict, plugins: bool = True) -> dict:
+    d = tmp_path_factory.mktemp(name)
+    spec_path, out_path = d / "spec.json", d / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    env = _engine_env(plugins)
     r = subprocess.run([sys.executable, "-m", "domino_kernels.integrations.vllm_offline", str(spec_path),
                         str(out_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, f"vLLM engine {name} failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
@@ -136,6 +141,23 @@ def test_dflash_tau_equals_our_loop_and_plugin_is_inert(tmp_path_factory, prompt
     assert a["tokens"] == b["tokens"] == ours["target"]
     assert a["tau"] == b["tau"]
     assert a["tau"] == pytest.approx(ours["draft-dflash"]["tau"], abs=1e-9)
+
+
+@needs_vllm
+def test_unsupported_vllm_version_fails_clearly():
+    """On a vLLM version outside SUPPORTED_VLLM_VERSIONS (simulated: the version string is changed
+    before the engine loads the plugin) a Domino drafter fails with the plugin's message."""
+    script = (
+        "import vllm\n"
+        "vllm.__version__ = '0.31.9'\n"
+        "from vllm import LLM\n"
+        f"LLM(model={TARGET!r}, skip_tokenizer_init=True, dtype='float32', max_model_len=256, enforce_eager=True,\n"
+        f"    speculative_config={{'method': 'dflash', 'model': {os.path.join(ASSETS, 'draft-domino')!r},\n"
+        f"                        'num_speculative_tokens': {K}}})\n")
+    r = subprocess.run([sys.executable, "-c", script], env=_engine_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode != 0
+    assert plugin.unsupported_message("0.31.9") in r.stdout + r.stderr
 
 
 @needs_vllm

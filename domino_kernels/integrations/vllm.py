@@ -37,9 +37,8 @@ def is_supported_version(version: str) -> bool:
 
 def unsupported_message(version: str) -> str:
     return (f"domino-kernels' vLLM plugin supports vLLM {', '.join(SUPPORTED_VLLM_VERSIONS)}, but vLLM "
-            f"{version} is installed: Domino drafters cannot run on it (install one of the supported "
-            f"versions, or run the draft as plain DFlash: copy its directory, set architectures to "
-            f"['DFlashDraftModel'] and drop the prefix_gru.* / embed_proj.* weights)")
+            f"{version} is installed: Domino drafters cannot run on it (the plugin hooks vLLM internals "
+            f"that change between releases); install a supported vLLM version (docs/vllm.md)")
 
 
 class UnsupportedVLLMVersion(nn.Module):
