@@ -7,7 +7,8 @@ machine holds one engine at a time); the model runs on one core (``VLLM_CPU_OMP_
 our loop on 1 thread in this process. vLLM's front-end and engine-core processes (scheduling,
 output handling) run beside its bound worker: that part is outside the one-core budget. Each
 configuration decodes the prompts ``--repeats`` times after a warm-up pass; tokens/s comes from
-the median pass. Speedups are against vLLM target-only (and, for our loop, also against our
+the median pass; mean_tau is the mean over prompts of each prompt's τ (tokens per target step).
+Speedups are against vLLM target-only (and, for our loop, also against our
 target-only) measured in the same run. Every greedy output must equal vLLM's target-only output
 (exit code 1 otherwise). Needs vLLM (scripts/vllm_env.sh)::
 
@@ -130,23 +131,24 @@ def main(argv=None) -> int:
         ok &= same
         ours_base = tps["ours target-only"] if key.startswith("ours") else None
         rows.append({"engine": key.split(" ", 1)[0], "drafting": key.split(" ", 1)[1],
-                     "tau": statistics.mean(r["taus"]) if r["taus"] else 1.0, "tok_per_s": tps[key],
+                     "mean_tau": statistics.mean(r["taus"]) if r["taus"] else 1.0, "tok_per_s": tps[key],
                      "vs_vllm_target_only": tps[key] / tps["vLLM target-only"],
                      "vs_own_target_only": tps[key] / (ours_base or tps["vLLM target-only"]),
                      "greedy_equal": same, "pass_s": r["seconds"], "tau_per_prompt": r["taus"],
                      "startup_s": r.get("startup_s")})
-    dom_v, dom_o = results["vLLM Domino (plugin)"]["taus"], results["ours Domino"]["taus"]
-    same_tau = all(abs(a - b) < 1e-9 for a, b in zip(dom_v, dom_o))
+    same_tau = {name: all(abs(a - b) < 1e-9
+                          for a, b in zip(results[f"vLLM {v}"]["taus"], results[f"ours {name}"]["taus"]))
+                for name, v in (("Domino", "Domino (plugin)"), ("DFlash", "DFlash"))}
     print(f"{len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, batch 1, greedy, {args.dtype}, "
           f"one core each (vLLM {vllm.__version__}, VLLM_CPU_OMP_THREADS_BIND={args.cores}; ours 1 thread), "
           f"K={K}, median of {args.repeats} passes")
-    print_table(rows, ["engine", "drafting", "tau", "tok_per_s", "vs_vllm_target_only", "vs_own_target_only",
+    print_table(rows, ["engine", "drafting", "mean_tau", "tok_per_s", "vs_vllm_target_only", "vs_own_target_only",
                        "greedy_equal"])
-    print(f"Domino τ per prompt identical in vLLM and our loop: {same_tau}")
+    print(f"τ per prompt identical in vLLM and our loop: {same_tau}")
     path = write_results("vllm", rows, {"vllm": vllm.__version__, "prompts": len(prompts),
                                         "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                                         "repeats": args.repeats, "dtype": args.dtype, "cores": args.cores,
-                                        "num_speculative_tokens": K, "domino_tau_identical": same_tau})
+                                        "num_speculative_tokens": K, "tau_per_prompt_identical": same_tau})
     print(f"wrote {path}")
     if not ok:
         print("ERROR: a greedy output differs from vLLM target-only decoding", file=sys.stderr)
