@@ -29,10 +29,9 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.qwen3_dflash import DFlashQwen3ForCausalLM
 from vllm.v1.spec_decode.dflash import DFlashProposer
 
-from domino_kernels.model import kernels
+from domino_kernels import ops
 from domino_kernels.model.config import DraftConfig
 from domino_kernels.model.dflash import LEGACY_PREFIXES
-from domino_kernels.model.kernels import DominoHeadWeights
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +79,8 @@ class DominoQwen3ForCausalLM(DFlashQwen3ForCausalLM):
                            self.draft_model_config.model, cfg.block_size, k, k + 1, cfg.block_size - 1)
 
     @property
-    def domino_head(self) -> DominoHeadWeights:
-        return DominoHeadWeights(self.domino_w_ih, self.domino_w_hh, self.domino_w1, self.domino_w2)
+    def domino_head(self) -> ops.DominoHeadWeights:
+        return ops.DominoHeadWeights(self.domino_w_ih, self.domino_w_hh, self.domino_w1, self.domino_w2)
 
     def load_weights(self, weights):
         super().load_weights(self._take_head_weights(weights))
@@ -118,10 +117,10 @@ class DominoQwen3ForCausalLM(DFlashQwen3ForCausalLM):
 
         w2 = self.domino_w2
         if w2.device.type == "cuda" and self.gru_table is None:
-            self.gru_table = kernels.build_gru_table(self.embedding(), self.domino_w_ih)
+            self.gru_table = ops.build_gru_table(self.embedding(), self.domino_w_ih)
         elif (w2.device.type == "cpu" and w2.dtype == torch.bfloat16 and _C.CPU_PACKED_W2
               and self.w2_packed is None):
-            self.w2_packed = kernels.pack_w2(w2)
+            self.w2_packed = ops.pack_w2(w2)
 
     def propose(self, hidden: torch.Tensor, anchor: torch.Tensor, num_proposals: int,
                 temperature: Optional[torch.Tensor]):
@@ -137,7 +136,7 @@ class DominoQwen3ForCausalLM(DFlashQwen3ForCausalLM):
         if base.shape[-1] != v:
             raise ValueError(f"Domino head: base logits have {base.shape[-1]} columns, embed_proj.2 has {v} "
                              f"rows (a vocab-sharded lm_head is not supported)")
-        tokens, _, q_rows = kernels.domino_rollout(
+        tokens, _, q_rows = ops.domino_rollout(
             hidden.view(b, k, -1), base.float().view(b, k, v), anchor[:b].long(), self.domino_head,
             self.embedding(), num_proposals=k, shift_label=True,  # hidden i-1 predicts proposal i
             pure_prefix_len=self.domino_cfg.pure_draft_prefix_len, temperature=temperature,
