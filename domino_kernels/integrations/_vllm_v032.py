@@ -136,6 +136,8 @@ class DominoQwen3ForCausalLM(DFlashQwen3ForCausalLM):
         if base.shape[-1] != v:
             raise ValueError(f"Domino head: base logits have {base.shape[-1]} columns, embed_proj.2 has {v} "
                              f"rows (a vocab-sharded lm_head is not supported)")
+        if temperature is not None:
+            temperature = temperature[:b]
         tokens, _, q_rows = ops.domino_rollout(
             hidden.view(b, k, -1), base.float().view(b, k, v), anchor[:b].long(), self.domino_head,
             self.embedding(), num_proposals=k, shift_label=True,  # hidden i-1 predicts proposal i
