@@ -44,9 +44,12 @@ class DraftModel:
                             self.fc.dtype, self.fc.device, page_size)
 
     def append_context(self, feats: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
-                       rows: torch.Tensor, q_cu_lens: torch.Tensor) -> None:
+                       rows: torch.Tensor, q_cu_lens: torch.Tensor,
+                       commit_lens: Optional[torch.Tensor] = None) -> None:
         """Write the context K/V of newly committed positions (packed ``feats [total, nT*H]``) in
-        every layer and commit them (spec §2.2)."""
+        every layer and commit them (spec §2.2). ``commit_lens [B]`` commits only the first
+        ``commit_lens[b]`` of request b's rows (default: all): the rest are scratch, so a padded
+        batch of features can be appended without reading its ragged counts on the host."""
         c = self.cfg.layers
         ctx = rms_norm(F.linear(feats, self.fc), self.hidden_norm, c.rms_norm_eps)
         cos, sin = self.rope.cos_sin(positions, ctx.dtype)
@@ -58,7 +61,7 @@ class DraftModel:
             k = Rope.apply(rms_norm(k.view(-1, nkv, d), layer.k_norm, c.rms_norm_eps), cos, sin)
             kernels.append_kv(k, v.reshape(-1, nkv, d), cache.k[i], cache.v[i], block_table, kv_lens,
                               q_cu_lens)
-        cache.commit(rows, q_cu_lens[1:] - q_cu_lens[:-1])
+        cache.commit(rows, q_cu_lens[1:] - q_cu_lens[:-1] if commit_lens is None else commit_lens)
 
     def block_forward(self, anchor: torch.Tensor, embed: torch.Tensor, cache: PagedKVCache,
                       rows: torch.Tensor) -> torch.Tensor:
@@ -114,6 +117,22 @@ class DraftModel:
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
             gru_table=self.gru_table, w2_packed=self.w2_packed)
         return tokens
+
+    def sample_chain(self, z, anchor, target: Qwen3, n: int, temperature: torch.Tensor,
+                     seed: torch.Tensor, offset: torch.Tensor):
+        """``n`` draft tokens per request sampled from the draft's own distribution
+        ``q = softmax(scores / temperature)`` (Gumbel-max, Philox stream of the chain rollout), and
+        the rows they were drawn from: ``(tokens [B, n], q_rows [B, n, V] fp32)``. Without a
+        Domino head the rollout runs with the rank-1 zero head, so q is the DFlash base softmax."""
+        base = F.linear(self.proposal_hidden(z, n), target.lm_head).float()
+        head = self.head if self.head is not None else self._zero_head(target)
+        tokens, _, q_rows = kernels.domino_rollout(
+            z, base, anchor, head, target.embed, num_proposals=n,
+            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
+            temperature=temperature, seed=seed, offset=offset, return_q_rows=True,
+            gru_table=self.gru_table if self.head is not None else None,
+            w2_packed=self.w2_packed if self.head is not None else None)
+        return tokens, q_rows
 
     def propose_tree(self, z, anchor, target: Qwen3, topk: int, budget: int):
         """(tokens, parents, num_nodes) of a draft tree with node 0 = anchor, in verify's layout.
