@@ -25,6 +25,9 @@ from .model.dflash import DraftModel
 from .model.qwen3 import PagedKVCache, Qwen3
 
 
+MAX_PENDING = 64   # queued feature chunks before plain steps hand them to the draft anyway
+
+
 @dataclass
 class Sampling:
     """Per-request sampling parameters ``[B]`` (device tensors): the target's processing, the
@@ -111,19 +114,28 @@ def _width_cu(batch: int, width: int, device) -> torch.Tensor:
 
 
 def push_pending(state: DecodeState, chunk: PendingContext) -> None:
-    last = state.pending[-1] if state.pending else None
-    if last is not None and last.full and chunk.full and last.rows is chunk.rows:
-        state.pending[-1] = PendingContext(chunk.rows, torch.cat([last.feats, chunk.feats], 1),
-                                           torch.cat([last.positions, chunk.positions], 1),
-                                           last.counts + chunk.counts, True)
-    else:
-        state.pending.append(chunk)
+    state.pending.append(chunk)
+
+
+def _merged(chunks: list) -> list:
+    """Runs of consecutive full chunks of the same rows (plain steps) joined into one."""
+    out = []
+    for c in chunks:
+        last = out[-1] if out else None
+        if last is not None and last[0].full and c.full and last[0].rows is c.rows:
+            last.append(c)
+        else:
+            out.append([c])
+    return [run[0] if len(run) == 1 else
+            PendingContext(run[0].rows, torch.cat([c.feats for c in run], 1),
+                           torch.cat([c.positions for c in run], 1), sum(c.counts for c in run), True)
+            for run in out]
 
 
 def flush_pending(state: DecodeState) -> None:
     """Append every pending chunk's features to the draft KV of the active requests."""
     rows, dev = state.rows, state.anchor.device
-    for c in state.pending:
+    for c in _merged(state.pending):
         feats, positions, counts = c.feats, c.positions, c.counts
         if c.rows is not rows:                   # requests finished since: keep the active ones
             idx = torch.searchsorted(c.rows, rows)
@@ -250,5 +262,7 @@ def plain_step(state: DecodeState) -> torch.Tensor:
                          s.offset[rows])
     if state.draft is not None:
         push_pending(state, PendingContext(rows, feats.view(b, 1, -1), start[:, None], ones, full=True))
+        if len(state.pending) >= MAX_PENDING:   # a long run of plain steps: bound the queue
+            flush_pending(state)
     state.anchor[rows] = nxt
     return nxt

@@ -119,7 +119,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     every drafted step's drafts with this rule (its result is discarded; ``stats["compare_tau"]``)."""
     prompts = _check_prompts(prompts, target, max_new_tokens)
     _check_sampling(temperature, top_k, top_p, draft_temperature)
-    policy = make_policy(spec_policy)
+    policy = make_policy(spec_policy, cache=None)  # validates the name; the draft's own copy below
     if compare_rule is not None and compare_rule not in RULES:
         raise ValueError(f"argument 'compare_rule' must be one of {sorted(RULES)} or None, got {compare_rule!r}")
     if tree_topk < 0 or tree_budget < 0 or (tree_topk > 0) != (tree_budget > 0):
@@ -154,6 +154,9 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
         stats["mode"] = ("tree" if tree else "chain") + (" domino" if use_head and draft.head is not None
                                                          else " dflash")
         stats["rule"] = "rejection" if sampled_chain else ("greedy" if greedy else "target_only")
+        key = (bsz, tree_topk, tree_budget, n_prop, use_head, float(temperature), top_k, float(top_p), d_temp,
+               str(dev))
+        policy = make_policy(spec_policy, cache=draft.policies, key=key)
         stats["spec_policy"] = policy.name
         policy.start(bsz, depth)
     else:
@@ -181,7 +184,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     while not all(outs.done):
         state.set_active([b for b in range(bsz) if not outs.done[b]])
         sampling.offset += 1
-        option = policy.choose(state.active, options) if spec else (0, 0)
+        option = (policy.choose(state.active, options, [max_new_tokens - len(outs.tokens[b]) for b in state.active])
+                  if spec else (0, 0))
         lengths[option[1]] = lengths.get(option[1], 0) + 1
         ta = time.perf_counter()
         if option == (0, 0):

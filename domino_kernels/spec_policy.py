@@ -65,46 +65,73 @@ class StepCosts:
 
 @dataclass
 class AcceptanceHistory:
-    """Per request and depth, exponentially weighted counts of drafted tokens that reached depth d
-    (``trials``) and were accepted (``hits``). Every step multiplies the counts by ``decay``, so
-    old evidence fades and a request that stopped drafting is eventually probed again. The
-    estimate shrinks toward the previous depth's (depth 1 toward ``prior``) with ``prior_weight``
-    pseudo-trials: unobserved depths borrow from the shallower ones."""
+    """Per-depth acceptance estimates: for each request and depth d, exponentially weighted counts
+    of drafted tokens that reached depth d (``trials``) and were accepted (``hits``), shrunk toward
+    the population's estimate (all requests this policy has seen, across calls) with
+    ``request_weight`` pseudo-trials. The population's estimate at depth d shrinks toward its
+    estimate at depth d-1 (depth 1 toward ``prior``) with one pseudo-trial, so unobserved depths
+    borrow from shallower ones. A request's counts fade by ``request_decay`` per step (its recent
+    history), the population's by ``population_decay`` per observed request-step."""
 
-    batch: int
     depth: int
     prior: float = 0.9
-    prior_weight: float = 1.0
-    decay: float = 0.99
-    hits: list = field(default_factory=list)
-    trials: list = field(default_factory=list)
+    request_weight: float = 2.0
+    request_decay: float = 0.95
+    population_decay: float = 0.98
+    pop_hits: list = field(default_factory=list)
+    pop_trials: list = field(default_factory=list)
+    hits: dict = field(default_factory=dict)
+    trials: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.hits = [[0.0] * self.depth for _ in range(self.batch)]
-        self.trials = [[0.0] * self.depth for _ in range(self.batch)]
+        self.pop_hits = [0.0] * self.depth
+        self.pop_trials = [0.0] * self.depth
+
+    def start(self, batch: int) -> None:
+        """A new set of requests: forget per-request history, keep the population's."""
+        self.hits = {b: [0.0] * self.depth for b in range(batch)}
+        self.trials = {b: [0.0] * self.depth for b in range(batch)}
 
     def observe(self, b: int, drafted: int, accepted: int) -> None:
         h, t = self.hits[b], self.trials[b]
         for d in range(self.depth):
-            h[d] *= self.decay
-            t[d] *= self.decay
+            h[d] *= self.request_decay
+            t[d] *= self.request_decay
+        if drafted == 0:
+            return
+        for d in range(self.depth):
+            self.pop_hits[d] *= self.population_decay
+            self.pop_trials[d] *= self.population_decay
         for d in range(min(accepted + 1, drafted)):   # depths 1..accepted hit, accepted+1 missed
+            hit = 1.0 if d < accepted else 0.0
             t[d] += 1.0
-            h[d] += 1.0 if d < accepted else 0.0
+            h[d] += hit
+            self.pop_trials[d] += 1.0
+            self.pop_hits[d] += hit
 
-    def rates(self, b: int) -> list:
+    def population_rates(self) -> list:
         out, prev = [], self.prior
-        for h, t in zip(self.hits[b], self.trials[b]):
-            prev = (h + self.prior_weight * prev) / (t + self.prior_weight)
+        for h, t in zip(self.pop_hits, self.pop_trials):
+            prev = (h + prev) / (t + 1.0)
             out.append(prev)
         return out
 
-    def expected_tokens(self, b: int, n: int) -> float:
-        """1 (the bonus/correction token) + the expected accepted run among ``n`` drafted tokens."""
-        total, run = 1.0, 1.0
-        for a in self.rates(b)[:n]:
-            run *= a
-            total += run
+    def expected_tokens(self, requests: Sequence[int], remaining: Optional[Sequence[int]] = None) -> list:
+        """``E[n]`` for n = 0..depth, summed over ``requests``: 1 (the bonus/correction token) +
+        the expected accepted run among ``n`` drafted tokens, counting only the ``remaining[i]``
+        tokens request i may still emit (tokens past its limit are wasted)."""
+        pop = self.population_rates()
+        w = self.request_weight
+        total = [0.0] * (self.depth + 1)
+        for i, b in enumerate(requests):
+            e, run = 1.0, 1.0
+            useful = self.depth if remaining is None else remaining[i] - 1
+            total[0] += 1.0
+            for d, (h, t, p) in enumerate(zip(self.hits[b], self.trials[b], pop)):
+                if d < useful:
+                    run *= (h + w * p) / (t + w)
+                    e += run
+                total[d + 1] += e
         return total
 
 
@@ -116,7 +143,7 @@ class FixedPolicy:
     def start(self, batch: int, depth: int) -> None:
         pass
 
-    def choose(self, requests: Sequence[int], options: Sequence[tuple]) -> tuple:
+    def choose(self, requests: Sequence[int], options: Sequence[tuple], remaining=None) -> tuple:
         return max(options)
 
     def observe(self, requests, option, accepted, draft_s, verify_s) -> None:
@@ -124,32 +151,63 @@ class FixedPolicy:
 
 
 class AdaptivePolicy:
-    """Maximise expected tokens per second (module docstring). ``costs`` default to measured ones
-    (kept by the object: pass the same policy to later calls to reuse them); pass
-    ``StepCosts(..., frozen=True)`` to force a cost model."""
+    """Maximise expected tokens per second (module docstring). ``costs`` default to measured ones;
+    pass ``StepCosts(..., frozen=True)`` to force a cost model. The object keeps its costs and the
+    population's acceptance across calls (``generate`` keeps one per draft and configuration).
+
+    Exploration: unmeasured costs first (the largest draft, then one plain step). A request that
+    has not drafted for ``probe_after`` steps is probed with the largest draft; each probe after
+    which the policy still prefers plain steps doubles the interval (up to ``max_probe_after``),
+    a probe that restarts drafting resets it. No probe happens when even a perfect draft (every
+    token accepted) could not beat a plain step at the current costs."""
 
     name = "adaptive"
 
-    def __init__(self, costs: Optional[StepCosts] = None, prior: float = 0.9, decay: float = 0.99):
+    def __init__(self, costs: Optional[StepCosts] = None, prior: float = 0.9, probe_after: int = 16,
+                 max_probe_after: int = 1024):
         self.costs = costs if costs is not None else StepCosts()
-        self.prior, self.decay = prior, decay
+        self.prior = prior
+        self.probe_after = self.min_probe_after = probe_after
+        self.max_probe_after = max_probe_after
         self.history: Optional[AcceptanceHistory] = None
+        self.idle: dict = {}
+        self.probing = False
 
     def start(self, batch: int, depth: int) -> None:
-        self.history = AcceptanceHistory(batch, depth, prior=self.prior, decay=self.decay)
+        if self.history is None or self.history.depth != depth:
+            self.history = AcceptanceHistory(depth, prior=self.prior)
+        self.history.start(batch)
+        self.idle = {b: 0 for b in range(batch)}
 
-    def choose(self, requests: Sequence[int], options: Sequence[tuple]) -> tuple:
+    def choose(self, requests: Sequence[int], options: Sequence[tuple],
+               remaining: Optional[Sequence[int]] = None) -> tuple:
         """``options``: ``(depth, drafted tokens)`` of each candidate draft, ``(0, 0)`` = a plain
-        step (a chain of n: ``(n, n)``; a tree: ``(its depth, its nodes)``). Unmeasured costs
-        are explored first: the largest draft, then one plain step."""
+        step (a chain of n: ``(n, n)``; a tree: ``(its depth, its nodes)``); ``remaining``: the
+        tokens each request may still emit (None: unlimited)."""
         c = self.costs
         if c.draft is None or c.verify_per_token is None:
             return max(options)
         if c.plain is None:
             return (0, 0)
+        best = self._best(requests, options, remaining)
+        if self.probing:                          # the last step was a probe: did it pay?
+            self.probe_after = (self.min_probe_after if best != (0, 0)
+                                else min(2 * self.probe_after, self.max_probe_after))
+            self.probing = False
+        worth = remaining is None or max(remaining) > 1
+        if best == (0, 0) and worth and max(self.idle[b] for b in requests) >= self.probe_after:
+            longest = max(options)
+            perfect = len(requests) * (longest[0] + 1) / c.cost(longest[1])
+            if perfect > len(requests) / c.cost(0):
+                self.probing = True
+                return longest
+        return best
+
+    def _best(self, requests, options, remaining) -> tuple:
         best, best_rate = None, -math.inf
+        expected = self.history.expected_tokens(requests, remaining)
         for depth, tokens in sorted(options):
-            rate = sum(self.history.expected_tokens(b, depth) for b in requests) / max(c.cost(tokens), 1e-12)
+            rate = expected[depth] / max(self.costs.cost(tokens), 1e-12)
             if rate > best_rate * (1 + 1e-9):     # ties go to the shorter draft
                 best, best_rate = (depth, tokens), rate
         return best
@@ -158,16 +216,20 @@ class AdaptivePolicy:
                 verify_s: float) -> None:
         for b, a in zip(requests, accepted):
             self.history.observe(b, option[0], a)
+            self.idle[b] = 0 if option[0] else self.idle[b] + 1
         self.costs.observe(option[1], draft_s, verify_s)
 
 
-def make_policy(spec_policy) -> object:
-    """``"adaptive"``, ``"fixed"`` or a policy object (``AdaptivePolicy(costs=...)``)."""
+def make_policy(spec_policy, cache: Optional[dict] = None, key=None) -> object:
+    """``"adaptive"``, ``"fixed"`` or a policy object (``AdaptivePolicy(costs=...)``). An adaptive
+    policy is kept in ``cache[key]`` (its costs and population acceptance carry over)."""
     if isinstance(spec_policy, (AdaptivePolicy, FixedPolicy)):
         return spec_policy
     if spec_policy == "fixed":
         return FixedPolicy()
     if spec_policy == "adaptive":
-        return AdaptivePolicy()
+        if cache is None:
+            return AdaptivePolicy()
+        return cache.setdefault(key, AdaptivePolicy())
     raise ValueError(f"argument 'spec_policy' must be one of {list(POLICIES)} or a policy object, "
                      f"got {spec_policy!r}")

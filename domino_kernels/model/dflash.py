@@ -8,7 +8,7 @@ its K/V are written past the committed length as scratch and never kept.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -33,6 +33,9 @@ class DraftModel:
     head: Optional[DominoHeadWeights]
     gru_table: Optional[torch.Tensor] = None   # [V, 3G] = embed @ w_ih^T, see use_gru_table
     w2_packed: Optional[torch.Tensor] = None   # CPU copy of head.w2 for the packed kernel, see use_packed_w2
+    # adaptive speculation policies per decoding configuration (generate(): measured step costs and
+    # acceptance carry over between calls)
+    policies: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         c = self.cfg.layers
