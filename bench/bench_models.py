@@ -6,7 +6,8 @@ tokenizer, the target or the drafters) are decoded one request at a time with
 drafting under the fixed and the adaptive speculation policy. Reports the verify rule, τ (mean
 tokens emitted per drafted step, bonus included; at T>0 for chains also τ of the target-only rule
 on the same drafts), how many steps drafted, tokens/s and the speedup over target-only decoding at
-the same temperature, all measured in this process. At T=0 every speculative output must equal
+the same temperature, all measured in this process (on a single-threaded CPU run in CPU seconds of
+the process, which other jobs on a shared machine do not inflate). At T=0 every speculative output must equal
 the target-only output token for token (the script exits non-zero otherwise).
 
     python -m bench.bench_models [--root domino_kernels/assets/default] [--prompts 8]
@@ -69,16 +70,19 @@ def decode_one(target, prompt, *, draft, temperature, seed, max_new, drafting, p
 def run_temperature(target, drafts, prompts, temp, args):
     """Every configuration on every prompt, prompt-major (the configurations of one prompt run
     back to back, so machine load drifts hit them alike). Returns one row per configuration."""
+    # CPU seconds of this process on a single-threaded CPU run: other jobs on a shared machine
+    # delay the wall clock, not this process's CPU time (wall time elsewhere)
+    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
                "cmp_w": 0.0, "cmp_n": 0, "rule": "-"} for i in range(len(CONFIGS))}
     for j, p in enumerate(prompts):
         for i, (_, drafter, drafting, policy, use_head) in enumerate(CONFIGS):
             draft = drafts[drafter] if drafter else None
-            t0 = time.perf_counter()
+            t0 = clock()
             res = decode_one(target, p, draft=draft, temperature=temp, seed=args.seed + j, max_new=args.max_new_tokens,
                              drafting=drafting, policy=policy, use_head=use_head, args=args)
             a, st = acc[i], res.stats
-            a["secs"] += time.perf_counter() - t0
+            a["secs"] += clock() - t0
             a["tokens"].append(res.tokens[0])
             a["new"] += st["new_tokens"]
             a["steps"] += st["steps"]

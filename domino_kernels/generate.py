@@ -204,12 +204,12 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
             v = verify(state, d)
             host = torch.cat([v.accept_len[:, None], v.emitted], dim=1).tolist()   # the step's one read
             tc = time.perf_counter()
-            if compare_rule is not None:
-                _compare(state, d, v, compare_rule, compare)
-            accept(state, d, v)
             acc = [h[0] for h in host]
             if min(acc) < 0:
                 raise RuntimeError("verify rejected a request as invalid (accept_len = -1)")
+            if compare_rule is not None:
+                _compare(state, d, v, compare_rule, compare)
+            accept(state, d, v)
             for i, b in enumerate(state.active):
                 a = acc[i]
                 hist[a] += 1
@@ -220,8 +220,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
             if records is not None:
                 records.append(_record(state, d, acc))
         td = time.perf_counter()
-        policy_draft_s, policy_verify_s = tb - ta, tc - tb
-        policy.observe(state.active, option, acc, policy_draft_s, policy_verify_s) if spec else None
+        if spec:
+            policy.observe(state.active, option, acc, tb - ta, tc - tb)
         stats["draft_s"] += tb - ta
         stats["verify_s"] += tc - tb
         stats["bookkeeping_s"] += td - tc

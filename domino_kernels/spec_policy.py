@@ -18,6 +18,7 @@ on measured timings unless its costs are given and frozen.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -29,14 +30,16 @@ class StepCosts:
     """Seconds per decode step of a batch: ``cost(0) = plain`` (one target token per request) and
     ``cost(n) = draft + plain + n * verify_per_token`` for ``n >= 1`` (the draft stage taken as
     independent of ``n``: on both devices it is dominated by the block forward; the verify stage
-    grows with the drafted tokens). Unknown entries (None) are measured by the first steps;
-    ``frozen`` costs are never updated (tests, reproducible adaptive runs)."""
+    grows with the drafted tokens). Unknown entries (None) are measured by the first steps, each
+    the median of its last ``window`` measurements (a shared machine's load spikes do not move a
+    median); ``frozen`` costs are never updated (tests, reproducible adaptive runs)."""
 
     plain: Optional[float] = None
     draft: Optional[float] = None
     verify_per_token: Optional[float] = None
     frozen: bool = False
-    smoothing: float = 0.2          # weight of a new measurement in the running mean
+    window: int = 15
+    samples: dict = field(default_factory=lambda: {"plain": [], "draft": [], "verify_per_token": []})
 
     def known(self) -> bool:
         return None not in (self.plain, self.draft, self.verify_per_token)
@@ -52,15 +55,18 @@ class StepCosts:
         if self.frozen:
             return
         if n == 0:
-            self.plain = self._mix(self.plain, verify_s)
+            self._add("plain", verify_s)
             return
-        self.draft = self._mix(self.draft, draft_s)
+        self._add("draft", draft_s)
         # until a plain step is measured, the n-token verify stands in for it (an upper bound)
         plain = self.plain if self.plain is not None else verify_s
-        self.verify_per_token = self._mix(self.verify_per_token, max(verify_s - plain, 0.0) / n)
+        self._add("verify_per_token", max(verify_s - plain, 0.0) / n)
 
-    def _mix(self, old: Optional[float], new: float) -> float:
-        return new if old is None else (1 - self.smoothing) * old + self.smoothing * new
+    def _add(self, name: str, value: float) -> None:
+        xs = self.samples[name]
+        xs.append(value)
+        del xs[:-self.window]
+        setattr(self, name, statistics.median(xs))
 
 
 @dataclass

@@ -368,6 +368,11 @@ def test_cuda_decoding_is_lossless_and_matches_cpu(tmp_path, pair):
     assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24).tokens == ref
     assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24, tree_topk=2,
                     tree_budget=8).tokens == ref
-    s1 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5)
-    s2 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5)
-    assert s1.tokens == s2.tokens
+    for policy in ("fixed", "adaptive"):   # greedy: every policy
+        assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24, spec_policy=policy).tokens == ref
+    # sampled chains (rollout q rows + rejection) on the device: reproducible under the fixed policy
+    s1 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5,
+                  spec_policy="fixed")
+    s2 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5,
+                  spec_policy="fixed")
+    assert s1.tokens == s2.tokens and s1.stats["rule"] == "rejection"
