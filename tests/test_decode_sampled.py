@@ -158,6 +158,19 @@ def test_greedy_output_is_target_only_under_every_policy(pair, tree):
     assert set(out.stats["draft_lengths"]) >= ({"0", "6"} if tree else {"0", "1", "2", "4", "5"})
 
 
+def test_drafting_after_a_plain_run_longer_than_the_feature_queue_is_lossless(pair):
+    """More plain steps in a row than the draft's feature queue keeps: the draft resumes with the
+    recent context only (positions past the gap), and the output stays target-only greedy."""
+    from domino_kernels import decode_step
+
+    target, draft = pair
+    prompts = _prompts(12, [4, 7])
+    ref = generate(target, prompts, max_new_tokens=100).tokens
+    plain_run = [0] * (decode_step.MAX_PENDING + 6)
+    out = generate(target, prompts, draft=draft, max_new_tokens=100, spec_policy=Cycle(plain_run + [5, 5, 3]))
+    assert out.tokens == ref and out.stats["draft_lengths"]["5"] >= 2
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_adaptive_with_expensive_drafts_takes_plain_steps_and_equals_target_only(pair, temperature):
     target, draft = pair

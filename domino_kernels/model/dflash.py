@@ -67,15 +67,17 @@ class DraftModel:
         cache.commit(rows, q_cu_lens[1:] - q_cu_lens[:-1] if commit_lens is None else commit_lens)
 
     def block_forward(self, anchor: torch.Tensor, embed: torch.Tensor, cache: PagedKVCache,
-                      rows: torch.Tensor) -> torch.Tensor:
-        """``z [B, block_size, H]`` (after the final norm) for blocks anchored at each request's
-        committed draft length ``s`` (the anchor's position)."""
+                      rows: torch.Tensor, start: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``z [B, block_size, H]`` (after the final norm) for blocks anchored at position ``start``
+        (default: each request's committed draft length, which is the anchor's position unless
+        context positions were left out of the draft cache)."""
         c, bs = self.cfg.layers, self.cfg.block_size
         b = anchor.shape[0]
         ids = torch.full((b, bs), self.cfg.mask_token_id, dtype=torch.int64, device=anchor.device)
         ids[:, 0] = anchor
         block_table, kv_lens = cache.block_table[rows], cache.lens[rows]
-        positions = (kv_lens.long()[:, None] + torch.arange(bs, device=anchor.device)).reshape(-1)
+        first = kv_lens if start is None else start
+        positions = (first.long()[:, None] + torch.arange(bs, device=anchor.device)).reshape(-1)
         cu = torch.arange(0, (b + 1) * bs, bs, dtype=torch.int32, device=anchor.device)
         cos, sin = self.rope.cos_sin(positions, embed.dtype)
         x = embed[ids.reshape(-1)]
