@@ -1,4 +1,4 @@
-"""End-to-end decoding with the trained pair (issue 7): Domino vs DFlash-only vs target-only.
+"""End-to-end decoding with the trained pair: Domino vs DFlash-only vs target-only.
 
 Held-out prompts (the first tokens of held-out standard-library files, never trained on by the
 tokenizer, the target or the drafters) are decoded one request at a time with

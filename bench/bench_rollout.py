@@ -19,7 +19,11 @@ bandwidth measured in this run ((read + written bytes) / s of a 256 MB copy); x_
 the read-only bandwidth (a 256 MB sum) instead. CPU figures are CPU figures; the GPU rows (--device cuda) only
 come from the GPU check script.
 
-    python -m bench.bench_rollout [--device cpu|cuda] [--batches 1,8] [--iters 5]
+Tree mode (--tree K): the dynamic tree rollout (beam K, top-K children, depth N = 15, budget 64,
+the table and the packed copy) against the chain rollout of the same N, called in turn; reports
+tree / chain time (written to rollout-tree-<device>.json).
+
+    python -m bench.bench_rollout [--device cpu|cuda] [--batches 1,8] [--iters 5] [--tree 4]
 """
 from __future__ import annotations
 
@@ -126,8 +130,11 @@ def main(argv=None):
     ap.add_argument("--batches", default=None)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--skip-quadratic", action="store_true")
+    ap.add_argument("--tree", type=int, default=0, help="time the tree of this beam / fan-out against the chain")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
+    if args.tree:
+        return tree_vs_chain(dev, args)
     batches = args.batches or ("1,8" if dev.type == "cpu" else "1,2,4,8,16,32")
     copy_bw = copy_bandwidth_gbs(dev)
     read_bw = read_bandwidth_gbs(dev)
@@ -215,6 +222,30 @@ def main(argv=None):
         "baselines": {"quadratic": "SpecForge-style O(N^2) loop (nn.GRU over the block + full head per step, fp32)",
                       "eager": "O(N) eager torch: hoisted W1z, [W1h|W_hh] GEMM, table gather, W2 GEMV per step"}},
         device=dev)
+    print(f"wrote {path}")
+
+
+def tree_vs_chain(dev, args, budget=64):
+    """Tree rollout (beam = topk = args.tree, depth N) against the chain rollout, interleaved."""
+    w, emb, table = make_weights(dev)
+    packed = dk.pack_w2(w["w2"]) if dev.type == "cpu" and _C.CPU_PACKED_W2 else None
+    head_w = dk.DominoHeadWeights(w["w_ih"], w["w_hh"], w["w1"], w["w2"])
+    rows = []
+    for B in [int(x) for x in (args.batches or "1").split(",")]:
+        hidden, base, anchor = make_batch(B, dev)
+        kw = dict(pure_prefix_len=P, gru_table=table, w2_packed=packed)
+        t = time_interleaved({
+            "chain": lambda: dk.domino_rollout(hidden, base, anchor, head_w, emb, num_proposals=N, **kw),
+            "tree": lambda: dk.domino_tree_rollout(hidden, base, anchor, head_w, emb, topk=args.tree, depth=N,
+                                                   budget=budget, **kw)},
+            warmup=1, iters=args.iters, device=dev)
+        rows.append({"batch": B, "beam": args.tree, "depth": N, "budget": budget,
+                     "chain_us": t["chain"]["median_us"], "tree_us": t["tree"]["median_us"],
+                     "tree_over_chain": t["tree"]["median_us"] / t["chain"]["median_us"]})
+    print_table(rows, ["batch", "beam", "depth", "budget", "chain_us", "tree_us", "tree_over_chain"])
+    path = write_results("rollout-tree", rows, {
+        "shapes": dict(H=H, G=G, E=E, V=V, S=S, N=N, P=P), "weights": "bfloat16",
+        "w2_packed": packed is not None, "loadavg_1_5_15": list(os.getloadavg())}, device=dev)
     print(f"wrote {path}")
 
 

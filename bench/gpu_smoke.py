@@ -122,7 +122,7 @@ def domino_rollout():
     c = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=12, candidates=40)
     o = dk.domino_rollout(g[2], g[3], g[4], g[0], g[1], num_proposals=12, candidates=40)
     assert torch.equal(o[0].cpu(), c[0]), "domino_rollout (shortlist): CUDA != CPU"
-    kw = dict(topk=3, depth=5, budget=30)
+    kw = dict(topk=3, depth=5, budget=30, return_q_rows=True)
     ct = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
     gt = dk.domino_tree_rollout(g[2], g[3], g[4], g[0], g[1], **kw)
     for a, b in zip(gt, ct):

@@ -2,8 +2,8 @@
 
 Commands:
   generate  decode with a Qwen3 checkpoint, speculatively with a DFlash/Domino draft checkpoint
-  demo      the same decode on the embedded default pair (until the project's trained pair exists:
-            a tiny random target + Domino draft created deterministically under --cache-dir),
+  demo      the same decode on the embedded trained pair (a build without it falls back to a tiny
+            random target + Domino draft created deterministically under --cache-dir),
             speculative and target-only, with the summary
 """
 from __future__ import annotations
@@ -139,8 +139,8 @@ def run_demo(args) -> int:
         note = "the embedded trained pair"
     else:
         target_dir, draft_dir = ensure_demo_pair(args.cache_dir)
-        note = (f"a tiny random Qwen3 target + Domino draft under {args.cache_dir} (until the trained "
-                f"pair ships; a random draft is rarely right, so expect tau near 1)")
+        note = (f"a tiny random Qwen3 target + Domino draft under {args.cache_dir} (this build ships "
+                f"no trained pair; a random draft is rarely right, so expect tau near 1)")
     target = load_qwen3(target_dir, device=args.device)
     _set_threads(args, target.cfg.hidden_size)
     draft = load_draft(draft_dir, target)
@@ -177,8 +177,10 @@ def main(argv=None) -> int:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--ignore-eos", action="store_true")
     g.add_argument("--num-proposals", type=int, default=None, help="chain length (default: the draft's)")
-    g.add_argument("--tree-topk", type=int, default=0, help="children per tree node (tree drafting)")
-    g.add_argument("--tree-budget", type=int, default=0, help="drafted tree nodes (tree drafting)")
+    g.add_argument("--tree-topk", type=int, default=0,
+                   help="tree drafting: children per expanded node and nodes expanded per depth (beam)")
+    g.add_argument("--tree-budget", type=int, default=0,
+                   help="tree drafting: nodes verified besides the anchor (the best of all candidates)")
     g.add_argument("--spec-policy", default="adaptive", choices=["adaptive", "fixed"],
                    help="adaptive: per step the draft length (0 = a plain target step) with the most "
                         "expected tokens/s; fixed: always the full draft (docs/decode.md)")

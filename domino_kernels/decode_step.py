@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .model import kernels
+from . import ops as kernels
 from .model.dflash import DraftModel
 from .model.qwen3 import PagedKVCache, Qwen3
 
@@ -177,17 +177,24 @@ def draft_chain(state: DecodeState, n: int, sampled: bool) -> Draft:
                  torch.full((b,), n + 1, dtype=torch.int64, device=dev), rule, q_rows)
 
 
-def draft_tree(state: DecodeState, topk: int, budget: int) -> Draft:
-    """A tree of ``budget`` nodes (``topk`` children per expanded node). The tree rollout's
-    children are deterministic (top-k), so T > 0 verifies them with the target-only rule, optimal
-    for deterministic children; sampled children would need the q row of each expanded node and
-    ``rejection_without_replacement``."""
-    rows = state.rows
+def draft_tree(state: DecodeState, topk: int, budget: int, sampled: bool) -> Draft:
+    """A tree of ``budget`` nodes (``topk`` children per expanded node). Sampled (T > 0): each
+    expanded node's children are a sample without replacement from its q, verified by
+    ``rejection_without_replacement`` (RSD) with the q rows; else deterministic top-k children,
+    verified greedily at T = 0 and by the target-only rule at T > 0."""
+    rows, s = state.rows, state.sampling
     anchor = state.anchor[rows]
     z = _block(state, anchor)
-    tokens, parents, num = state.draft.propose_tree(z, anchor, state.target, topk, budget)
-    rule = "greedy" if state.greedy else "target_only"
-    return Draft(tokens.contiguous(), parents.contiguous(), num.to(torch.int64), rule, None, tree=True)
+    if sampled:
+        tokens, parents, num, q_rows = state.draft.sample_tree(z, anchor, state.target, topk, budget,
+                                                               s.draft_temperature[rows], s.seed[rows],
+                                                               s.offset[rows])
+        rule = "rejection_without_replacement"
+    else:
+        tokens, parents, num = state.draft.propose_tree(z, anchor, state.target, topk, budget)
+        q_rows, rule = None, "greedy" if state.greedy else "target_only"
+    return Draft(tokens.contiguous(), parents.contiguous(), num.to(torch.int64), rule,
+                 None if q_rows is None else q_rows.contiguous(), tree=True)
 
 
 def _block(state: DecodeState, anchor: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ The loop (gpt-fast's ``speculative_decode``, batched): each step the policy pick
 over one :class:`~domino_kernels.decode_step.DecodeState` (stages and their device-side index
 derivation: ``decode_step.py``; policies: ``spec_policy.py``; rules and costs: docs/decode.md).
 Verification: greedy at T = 0; at T > 0 sampled chains by rejection with their q rows
-(Leviathan/Chen), greedy drafts (a draft temperature of 0, and trees, whose top-k children are
-deterministic) by the target-only rule. On CUDA, timing adds a sync between draft and verify.
+(Leviathan/Chen), sampled trees by rejection without replacement (RSD) with theirs, greedy drafts
+(a draft temperature of 0) by the target-only rule. On CUDA, timing adds a sync between draft and verify.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import ops as kernels
 from .decode_step import (DecodeState, Sampling, accept, draft_chain, draft_tree, drafting_model, plain_step,
                           verify, verify_logits)
-from .model import kernels
 from .model.dflash import DraftModel
 from .model.qwen3 import Qwen3
 from .spec_policy import make_policy
@@ -114,7 +114,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     ``spec_policy``: ``"adaptive"`` (default: per step, the draft length with the most expected
     tokens per second, 0 = a plain target step), ``"fixed"`` (always the full draft) or a policy
     object (``spec_policy.AdaptivePolicy(costs=StepCosts(...))``). ``draft_temperature``: the
-    temperature chains are sampled at when ``temperature > 0`` (default: ``temperature``; 0 drafts
+    temperature drafts are sampled at when ``temperature > 0`` (default: ``temperature``; 0 drafts
     greedily and verifies by the target-only rule). ``compare_rule``: statistics only, also verify
     every drafted step's drafts with this rule (its result is discarded; ``stats["compare_tau"]``)."""
     prompts = _check_prompts(prompts, target, max_new_tokens)
@@ -138,7 +138,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     tree = spec and tree_topk > 0
     greedy = temperature == 0
     d_temp = float(temperature if draft_temperature is None else draft_temperature)
-    sampled_chain = spec and not tree and not greedy and d_temp > 0
+    sampled = spec and not greedy and d_temp > 0
     if spec:
         n_prop = num_proposals or draft.max_proposals()
         if not 1 <= n_prop <= draft.max_proposals():
@@ -153,7 +153,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
                 draft.use_packed_w2()  # likewise (a no-op without AVX512_BF16 or a bf16 head)
         stats["mode"] = ("tree" if tree else "chain") + (" domino" if use_head and draft.head is not None
                                                          else " dflash")
-        stats["rule"] = "rejection" if sampled_chain else ("greedy" if greedy else "target_only")
+        stats["rule"] = (("rejection_without_replacement" if tree else "rejection") if sampled
+                         else ("greedy" if greedy else "target_only"))
         key = (bsz, tree_topk, tree_budget, n_prop, use_head, float(temperature), top_k, float(top_p), d_temp,
                str(dev))
         policy = make_policy(spec_policy, cache=draft.policies, key=key)
@@ -173,6 +174,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
         state.draft = drafting_model(draft, use_head)
         state.draft_cache = draft.new_cache(bsz, capacity + max(width, draft.cfg.block_size))
     target.capture_layers = list(draft.cfg.target_layer_ids) if spec else []
+    if spec:
+        target.last_layer_feature = draft.cfg.last_layer_feature
     t0 = time.perf_counter()
     _prefill(state, prompts, outs)
     _sync(dev)
@@ -198,7 +201,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
             if records is not None:
                 records.append({"requests": list(state.active), "draft": [[] for _ in nxt], "accepted": acc})
         else:
-            d = draft_tree(state, tree_topk, tree_budget) if tree else draft_chain(state, option[0], sampled_chain)
+            d = draft_tree(state, tree_topk, tree_budget, sampled) if tree else draft_chain(state, option[0], sampled)
             _sync(dev)
             tb = time.perf_counter()
             v = verify(state, d)

@@ -11,7 +11,8 @@ TORCH_LIBRARY(domino, m) {
 
   // Domino draft rollout (domino/rollout.h). Chain: tokens [B, N] int64, q [B, N] fp32, q_rows
   // [B, N, V] fp32 (or [0] when not requested). Tree: tokens, parents [B, budget + 1] int64 (node 0 =
-  // anchor, parents[0] = -1, padding -1), q [B, budget + 1] fp32, num_nodes [B] int64.
+  // anchor, parents[0] = -1, padding -1), q [B, budget + 1] fp32, num_nodes [B] int64, q_rows
+  // [B, budget + 1, V] fp32 (row n = the draft distribution of node n's children; or [0]).
   m.def(
       "domino_rollout(Tensor hidden, Tensor base_logits, Tensor anchor, Tensor w_ih, Tensor w_hh, "
       "Tensor w1, Tensor w2, Tensor embedding, Tensor? gru_table, int num_proposals, "
@@ -21,7 +22,8 @@ TORCH_LIBRARY(domino, m) {
       "domino_tree_rollout(Tensor hidden, Tensor base_logits, Tensor anchor, Tensor w_ih, "
       "Tensor w_hh, Tensor w1, Tensor w2, Tensor embedding, Tensor? gru_table, bool shift_label, "
       "int pure_prefix_len, int topk, int depth, int budget, Tensor? temperature, Tensor? seed, "
-      "Tensor? offset, Tensor? w2_packed=None) -> (Tensor tokens, Tensor parents, Tensor q, Tensor num_nodes)");
+      "Tensor? offset, Tensor? w2_packed=None, bool return_q_rows=False) -> (Tensor tokens, "
+      "Tensor parents, Tensor q, Tensor num_nodes, Tensor q_rows)");
   // GRU input table [V, 3G] = embedding @ w_ih^T (fp32 accumulation, weight dtype).
   m.def("build_gru_table(Tensor embedding, Tensor w_ih) -> Tensor");
   // CPU copy of a bf16 W2 [V, E] in the packed layout of rollout.h (pack_w2_bf16): int32

@@ -2,10 +2,7 @@
 // build_gru_table and pack_w2. Argument checks name the argument; CPU runs the framework-free engine on
 // at::parallel_for; CUDA runs the kernel sequence on the current stream with a device workspace.
 #include <ATen/Parallel.h>
-#include <ATen/ops/amax.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -14,6 +11,7 @@
 
 #include "binding_utils.h"
 #include "domino/rollout.h"
+#include "domino/rollout_prep.h"
 
 namespace domino {
 namespace binding {
@@ -179,6 +177,24 @@ void run(const rollout::RolloutParams& p, const Tensor& like, const char* op) {
 #endif
 }
 
+// The candidate shortlist (domino/rollout_prep.h) on the device of `like`.
+void build_shortlist(const rollout::ShortlistParams& sp, const Tensor& like, const char* op) {
+  if (like.is_cpu()) {
+    at::parallel_for(0, sp.B, 1, [&](int64_t b0, int64_t b1) { rollout::shortlist_cpu(sp, b0, b1); });
+    return;
+  }
+#ifdef DOMINO_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(like.device());
+  DOMINO_CHECK_ARG(sp.B * sp.V <= int64_t(INT32_MAX), op, "candidates", "needs batch * V < 2^31 on CUDA, got ",
+                   sp.B * sp.V);
+  const size_t bytes = rollout::shortlist_cuda_workspace_bytes(sp.B, sp.V);
+  Tensor ws = at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
+  check_cuda_status(rollout::shortlist_cuda(sp, ws.data_ptr(), bytes, current_stream(like)), op);
+#else
+  (void)op;
+#endif
+}
+
 std::tuple<Tensor, Tensor, Tensor> domino_rollout(
     const Tensor& hidden, const Tensor& base_logits, const Tensor& anchor, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
@@ -202,13 +218,21 @@ std::tuple<Tensor, Tensor, Tensor> domino_rollout(
                                 : at::empty({0}, hidden.options().dtype(at::kFloat));
   Tensor shortlist;
   if (candidates > 0 && candidates < V && N > p.pure_prefix) {
-    // Per-request shortlist: the top-K of max over the corrected proposals of the base logits,
-    // ties to the lowest vocabulary id (stable descending sort).
-    const Tensor best = at::amax(base_logits.narrow(1, p.pure_prefix, N - p.pure_prefix).to(at::kFloat), {1});
-    shortlist = std::get<1>(at::sort(best, /*stable=*/true, /*dim=*/1, /*descending=*/true))
-                    .narrow(1, 0, candidates).to(at::kInt).contiguous();
-    p.shortlist = shortlist.data_ptr<int32_t>();
-    p.num_candidates = int32_t(candidates);
+    shortlist = at::empty({B, candidates}, hidden.options().dtype(at::kInt));
+    rollout::ShortlistParams sp;
+    sp.base = p.base;
+    sp.base_dtype = p.base_dtype;
+    sp.base_stride_b = p.base_stride_b;
+    sp.base_stride_n = p.base_stride_n;
+    sp.B = B;
+    sp.V = V;
+    sp.first = p.pure_prefix;
+    sp.end = int32_t(N);
+    sp.K = int32_t(candidates);
+    sp.out = shortlist.data_ptr<int32_t>();
+    build_shortlist(sp, hidden, kOp);
+    p.shortlist = sp.out;
+    p.num_candidates = sp.K;
   }
   p.q_rows = return_q_rows ? q_rows.data_ptr<float>() : nullptr;
   p.tokens = tokens.data_ptr<int64_t>();
@@ -217,44 +241,48 @@ std::tuple<Tensor, Tensor, Tensor> domino_rollout(
   return {tokens, q, q_rows};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
     const Tensor& hidden, const Tensor& base_logits, const Tensor& anchor, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& w1, const Tensor& w2, const Tensor& embedding,
     const OptTensor& gru_table, bool shift_label, int64_t pure_prefix_len, int64_t topk,
     int64_t depth, int64_t budget, const OptTensor& temperature, const OptTensor& seed,
-    const OptTensor& offset, const OptTensor& w2_packed) {
+    const OptTensor& offset, const OptTensor& w2_packed, bool return_q_rows) {
   constexpr const char* kOp = "domino::domino_tree_rollout";
   HeadArgs x{hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table, temperature, seed, offset, w2_packed};
   rollout::RolloutParams p = common_params(x, depth, shift_label, pure_prefix_len, kOp, "depth");
   DOMINO_CHECK_ARG(topk >= 1 && topk <= rollout::kMaxTopK, kOp, "topk", "must be in [1, ",
                    rollout::kMaxTopK, "], got ", topk);
-  DOMINO_CHECK_ARG(budget >= 1 && budget <= 4096, kOp, "budget", "must be in [1, 4096], got ", budget);
-  const int64_t B = p.B, M = budget + 1;
+  DOMINO_CHECK_ARG(budget >= 1 && budget <= rollout::kMaxTreeBudget, kOp, "budget", "must be in [1, ",
+                   rollout::kMaxTreeBudget, "], got ", budget);
+  const int64_t B = p.B, M = budget + 1, V = p.V;
   p.tree = true;
   p.topk = int32_t(topk);
   p.budget = int32_t(budget);
-  DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::max_frontier(p) <= rollout::kCudaMaxRows, kOp,
-                   "budget", "gives batch * widest level = ", B * rollout::max_frontier(p),
-                   " rows; CUDA supports <= ", rollout::kCudaMaxRows);
+  DOMINO_CHECK_ARG(hidden.is_cpu() || B * rollout::beam_width(p) <= rollout::kCudaMaxRows, kOp,
+                   "topk", "gives batch * beam = ", B * rollout::beam_width(p),
+                   " expanded rows per depth; CUDA supports <= ", rollout::kCudaMaxRows);
   Tensor tokens = at::empty({B, M}, hidden.options().dtype(at::kLong));
   Tensor parents = at::empty({B, M}, hidden.options().dtype(at::kLong));
   Tensor q = at::empty({B, M}, hidden.options().dtype(at::kFloat));
   Tensor num_nodes = at::empty({B}, hidden.options().dtype(at::kLong));
+  Tensor q_rows = return_q_rows ? at::empty({B, M, V}, hidden.options().dtype(at::kFloat))
+                                : at::empty({0}, hidden.options().dtype(at::kFloat));
   p.tokens = tokens.data_ptr<int64_t>();
   p.parents = parents.data_ptr<int64_t>();
   p.q = q.data_ptr<float>();
   p.num_nodes = num_nodes.data_ptr<int64_t>();
+  p.q_rows = return_q_rows ? q_rows.data_ptr<float>() : nullptr;
   run(p, hidden, kOp);
-  return {tokens, parents, q, num_nodes};
+  return {tokens, parents, q, num_nodes, q_rows};
 }
 
-// table = embedding @ w_ih^T, accumulated in fp32 and rounded once to the weight dtype. It is one
-// large GEMM, so it uses the framework's GEMM, in row chunks to bound the fp32 temporaries.
+// table = embedding @ w_ih^T, accumulated in fp32 and rounded once to the weight dtype
+// (domino/rollout_prep.h).
 Tensor build_gru_table(const Tensor& embedding, const Tensor& w_ih) {
   constexpr const char* kOp = "domino::build_gru_table";
   check_device_supported(embedding, kOp, "embedding");
   check_dim(embedding, 2, kOp, "embedding");
-  float_dtype(embedding, kOp, "embedding");
+  const DType dtype = float_dtype(embedding, kOp, "embedding");
   check_same_device(w_ih, embedding, kOp, "w_ih", "embedding");
   check_dim(w_ih, 2, kOp, "w_ih");
   check_size(w_ih, 1, embedding.size(1), kOp, "w_ih", "H, from 'embedding'");
@@ -262,14 +290,24 @@ Tensor build_gru_table(const Tensor& embedding, const Tensor& w_ih) {
   DOMINO_CHECK_ARG(w_ih.scalar_type() == embedding.scalar_type(), kOp, "w_ih",
                    "must have the same dtype as 'embedding' (", embedding.scalar_type(), "), got ",
                    w_ih.scalar_type());
-  const int64_t V = embedding.size(0);
-  Tensor table = at::empty({V, w_ih.size(0)}, embedding.options());
-  const Tensor wt = w_ih.to(at::kFloat).t();
-  constexpr int64_t kChunk = 8192;
-  for (int64_t v0 = 0; v0 < V; v0 += kChunk) {
-    const int64_t n = std::min(kChunk, V - v0);
-    table.narrow(0, v0, n).copy_(at::mm(embedding.narrow(0, v0, n).to(at::kFloat), wt));
+  const Tensor emb = embedding.contiguous(), w = w_ih.contiguous();
+  rollout::GruTableParams p;
+  p.embedding = emb.data_ptr();
+  p.w_ih = w.data_ptr();
+  p.dtype = dtype;
+  p.V = emb.size(0);
+  p.H = emb.size(1);
+  p.G3 = w.size(0);
+  Tensor table = at::empty({p.V, p.G3}, embedding.options());
+  p.table = table.data_ptr();
+  if (embedding.is_cpu()) {
+    at::parallel_for(0, p.V, 256, [&](int64_t v0, int64_t v1) { rollout::build_gru_table_cpu(p, v0, v1); });
+    return table;
   }
+#ifdef DOMINO_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(embedding.device());
+  check_cuda_status(rollout::build_gru_table_cuda(p, current_stream(embedding)), kOp);
+#endif
   return table;
 }
 

@@ -135,6 +135,31 @@ def test_greedy_tree_equals_target_only(pair):
         assert out.tokens == ref.tokens and out.stats["mode"].startswith("tree")
 
 
+@pytest.mark.parametrize("topk,budget", [(1, 8), (2, 16), (3, 30), (4, 64)])
+def test_greedy_dynamic_tree_equals_target_only_ragged(pair, monkeypatch, topk, budget):
+    """Dynamic trees of every fan-out and budget (B = 4, ragged prompts) decode exactly the
+    target's greedy output; so do ragged trees (alternate requests cut to a prefix of their layout,
+    which is still a tree) in one batch."""
+    _, target, domino, dflash = pair
+    prompts = _prompts(40 + topk, [3, 11, 1, 7])
+    ref = generate(target, prompts, max_new_tokens=24).tokens
+    for draft in (domino, dflash):
+        out = generate(target, prompts, draft=draft, max_new_tokens=24, tree_topk=topk, tree_budget=budget)
+        assert out.tokens == ref
+    original = domino.propose_tree
+
+    def ragged(z, anchor, target, k, b):
+        tokens, parents, num = original(z, anchor, target, k, b)
+        cut = num.clone()
+        cut[1::2] = torch.clamp(num[1::2] // 2, min=1)
+        pad = torch.arange(tokens.shape[1]) >= cut[:, None]
+        return tokens.masked_fill(pad, -1), parents.masked_fill(pad, -1), cut
+
+    monkeypatch.setattr(domino, "propose_tree", ragged)
+    out = generate(target, prompts, draft=domino, max_new_tokens=24, tree_topk=topk, tree_budget=budget)
+    assert out.tokens == ref
+
+
 def test_greedy_matches_transformers_generate(pair):
     hf, target, domino, _ = pair
     prompts = _prompts(11, [6, 13])

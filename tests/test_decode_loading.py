@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from domino_kernels.model.config import CheckpointError, DraftConfig, build_target_layer_ids
+from domino_kernels.model.config import CheckpointError, DraftConfig, Qwen3Config, build_target_layer_ids
 from domino_kernels.model.dflash import load_draft
 from domino_kernels.model.qwen3 import load_qwen3
 from tests.decode_fixtures import make_draft, make_target, single_thread
@@ -60,6 +60,27 @@ def test_draft_dtypes_follow_the_target(tmp_path, target, dtype):
     make_draft(tmp_path, 32, dtype=dtype)
     draft = load_draft(str(tmp_path), target)
     assert draft.fc.dtype == target.dtype
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_draft_config_writes_what_it_reads(tmp_path, head):
+    """One schema, both directions: the written config reads back to the same DraftConfig, and
+    carries every field of a published-format config.json with the same value."""
+    make_draft(tmp_path, 32, head=head, shift_label=head, dtype=torch.bfloat16)
+    published = json.load(open(tmp_path / "config.json"))
+    cfg = DraftConfig.from_dir(str(tmp_path))
+    written = cfg.to_dict()
+    assert DraftConfig.from_dict(written) == cfg
+    assert {k: written[k] for k in published} == published
+    assert json.loads(json.dumps(written)) == written
+
+
+@pytest.mark.parametrize("eos", [[], [7], [3, 7]])
+def test_qwen3_config_writes_what_it_reads(tmp_path, eos):
+    make_target(tmp_path, layers=2, eos=eos[0] if len(eos) == 1 else (eos or None))
+    cfg = Qwen3Config.from_dir(str(tmp_path))
+    assert cfg.eos_token_ids == eos
+    assert Qwen3Config.from_dict(cfg.to_dict()) == cfg
 
 
 def test_missing_target_layer_ids_default_to_dflash_spacing():

@@ -7,7 +7,7 @@ import torch
 from tests.decode_fixtures import make_target, single_thread
 
 _single_thread = single_thread()
-from domino_kernels.model import kernels
+from domino_kernels import ops as kernels
 from domino_kernels.model.qwen3 import load_qwen3
 
 CONFIGS = [  # (heads, kv_heads, head_dim, tie): GQA ratios 1, 2, 4, 3; odd head counts

@@ -91,6 +91,8 @@ CASES = {
     "domino T1.2 top-p 0.8, mixed lengths": dict(temperature=1.2, top_p=0.8, policy=lambda: Cycle([3, 0, 1, 3, 2])),
     "domino T1 draft T0.6": dict(temperature=1.0, draft_temperature=0.6),
     "dflash T1": dict(temperature=1.0, use_head=False),
+    "domino tree T1": dict(temperature=1.0, tree_topk=2, tree_budget=4),
+    "domino tree T0.8 top-k 4": dict(temperature=0.8, top_k=4, tree_topk=2, tree_budget=4),
 }
 
 
@@ -107,7 +109,7 @@ def test_sampled_chain_with_rejection_has_the_target_sequence_law(small, case):
         out = generate(target, batch, draft=draft, max_new_tokens=3, temperature=temperature, top_k=top_k,
                        top_p=top_p, seed=1000 + chunk + 17 * sorted(CASES).index(case), num_proposals=3,
                        spec_policy=policy(), **c)
-        assert out.stats["rule"] == "rejection"
+        assert out.stats["rule"] == ("rejection_without_replacement" if "tree_topk" in c else "rejection")
         seq = np.array(out.tokens)
         for p in counts:
             s = seq[p::2]

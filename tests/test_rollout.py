@@ -97,7 +97,7 @@ def test_tree_topk1_equals_chain(shift_label, pure_prefix_len):
     N = 7
     chain, cq, _ = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=N,
                                      shift_label=shift_label, pure_prefix_len=pure_prefix_len)
-    tokens, parents, q, num = dk.domino_tree_rollout(
+    tokens, parents, q, num, _ = dk.domino_tree_rollout(
         hidden, base, anchor, head, emb, topk=1, depth=N, budget=N, shift_label=shift_label,
         pure_prefix_len=pure_prefix_len)
     assert torch.equal(tokens[:, 0], anchor) and torch.equal(tokens[:, 1:], chain)
@@ -106,10 +106,28 @@ def test_tree_topk1_equals_chain(shift_label, pure_prefix_len):
     torch.testing.assert_close(q[:, 1:], cq)
 
 
-@pytest.mark.parametrize("topk,depth,budget", [(2, 5, 40), (3, 6, 10), (4, 3, 100), (8, 2, 9)])
+def _assert_tree_layout(tokens, parents, q, num, budget):
+    """Verification layout: node 0 the anchor, parents before children, siblings contiguous,
+    padding -1 / -1 / 0, at most budget + 1 nodes."""
+    for b in range(tokens.shape[0]):
+        n = int(num[b])
+        assert 1 <= n <= budget + 1
+        assert parents[b, 0] == -1 and (parents[b, 1:n] < torch.arange(1, n)).all()
+        assert (parents[b, 1:n] >= 0).all() and (tokens[b, n:] == -1).all()
+        assert (parents[b, n:] == -1).all() and (q[b, n:] == 0).all()
+        par = parents[b, 1:n].tolist()
+        for j in range(1, len(par)):  # siblings contiguous
+            assert par[j] == par[j - 1] or par[j] not in par[:j - 1]
+
+
+def _pool_size(topk, depth):
+    return 1 + topk + (depth - 1) * topk * topk
+
+
+@pytest.mark.parametrize("topk,depth,budget", [(2, 5, 40), (3, 6, 10), (4, 3, 100), (8, 2, 9), (4, 7, 64)])
 def test_tree_matches_reference(topk, depth, budget):
     head, emb, hidden, base, anchor = make_head(seed=7 + topk)
-    kw = dict(topk=topk, depth=depth, budget=budget, pure_prefix_len=1)
+    kw = dict(topk=topk, depth=depth, budget=budget, pure_prefix_len=1, return_q_rows=True)
     out = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
     r = ref.tree_rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
     for got, want in zip(out, r):
@@ -117,13 +135,39 @@ def test_tree_matches_reference(topk, depth, budget):
             torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
         else:
             assert torch.equal(got, want)
-    tokens, parents, q, num = out
-    for b in range(4):  # the verification layout
+    tokens, parents, q, num, q_rows = out
+    _assert_tree_layout(tokens, parents, q, num, budget)
+    assert (num == min(budget + 1, _pool_size(topk, depth))).all()
+    # q rows: a node's children are its distribution's top-k (greedy), with their q
+    for b in range(4):
         n = int(num[b])
-        assert parents[b, 0] == -1 and (parents[b, 1:n] < torch.arange(1, n)).all()
-        assert (parents[b, 1:n] >= 0).all() and (tokens[b, n:] == -1).all()
-        assert (parents[b, n:] == -1).all() and (q[b, n:] == 0).all()
-        assert n == min(budget + 1, sum(topk ** d for d in range(depth + 1)))
+        for j in range(1, n):
+            row = q_rows[b, parents[b, j]]
+            assert row.sum() == pytest.approx(1.0, abs=1e-5)
+            assert float(row[tokens[b, j]]) == pytest.approx(float(q[b, j]), rel=1e-5)
+        expanded = {int(x) for x in parents[b, 1:n]}
+        for j in range(n):
+            if j not in expanded and q_rows[b, j].any():  # an expanded node whose children were all cut
+                assert q_rows[b, j].sum() == pytest.approx(1.0, abs=1e-5)
+        assert not q_rows[b, n:].any()
+
+
+def test_tree_goes_deep_along_likely_paths():
+    """Greedy dynamic tree: path log-probabilities never increase from parent to child, and the
+    budget reaches deeper than a breadth-first tree of the same size could (depth <= log_k)."""
+    head, emb, hidden, base, anchor = make_head(seed=31, S=8)
+    kw = dict(topk=3, depth=8, budget=12, pure_prefix_len=1)
+    tokens, parents, q, num, _ = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
+    for b in range(4):
+        n = int(num[b])
+        logp = [0.0] * n
+        for j in range(1, n):
+            logp[j] = logp[int(parents[b, j])] + float(np.log(float(q[b, j])))
+        depths = [0] * n
+        for j in range(1, n):
+            depths[j] = depths[int(parents[b, j])] + 1
+        assert all(logp[j] <= logp[int(parents[b, j])] + 1e-6 for j in range(1, n))
+        assert max(depths) > 3  # deeper than the breadth-first policy (depth <= log_3 budget)
 
 
 def test_sampled_chain_and_tree_match_reference():
@@ -136,10 +180,17 @@ def test_sampled_chain_and_tree_match_reference():
     assert torch.equal(out[0], r[0])
     torch.testing.assert_close(out[1], r[1], atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(out[2], r[2], atol=2e-6, rtol=1e-5)
-    kw = dict(topk=3, depth=5, budget=30, **s)
+    kw = dict(topk=3, depth=5, budget=30, return_q_rows=True, **s)
     t = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
     rt = ref.tree_rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
     assert torch.equal(t[0], rt[0]) and torch.equal(t[1], rt[1]) and torch.equal(t[3], rt[3])
+    torch.testing.assert_close(t[2], rt[2], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(t[4], rt[4], atol=2e-6, rtol=1e-5)  # the rows children were drawn from
+    _assert_tree_layout(*t[:4], 30)
+    for b in range(4):
+        n = int(t[3][b])
+        for j in range(1, n):
+            assert float(t[4][b, t[1][b, j], t[0][b, j]]) == pytest.approx(float(t[2][b, j]), rel=1e-5)
     # a different offset draws different tokens
     other = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=8, temperature=temp,
                               seed=seed, offset=offset + 1)
@@ -181,7 +232,7 @@ def test_sampled_tree_children_are_without_replacement():
     V, n, T = 6, 100_000, 1.2
     head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
     e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
-    tokens, parents, q, num = dk.domino_tree_rollout(
+    tokens, parents, q, num, _ = dk.domino_tree_rollout(
         e(hidden), e(base), e(anchor), head, emb, topk=2, depth=1, budget=2, pure_prefix_len=1,
         temperature=T, seed=torch.arange(n) + 99, offset=3)
     assert (num == 3).all() and (parents[:, 1:] == 0).all()
@@ -239,6 +290,30 @@ def test_nan_and_dead_rows():
     assert (t3[1, 1:] == -1).all() and (q3[1, 1:] == 0).all() and (t3[1, 0] >= 0)
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_tree_with_nan_and_inf_scores_is_defined(sampled):
+    """NaN scores never win; +inf wins with q NaN; a NaN path score ranks as -inf (after every
+    finite one, then pool order). The tree still has the verification layout, stays within the
+    budget and equals the reference."""
+    head, emb, hidden, base, anchor = make_head(seed=41, S=8)
+    g = torch.Generator().manual_seed(5)
+    bad = base.clone()
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad[torch.rand(bad.shape, generator=g) < 0.02] = value
+    bad[1, 2] = float("nan")  # a whole row without a valid score: no children there
+    bad[2, 0, :7] = float("inf")  # several +inf: the lowest ids win, q NaN
+    s = dict(temperature=torch.tensor([0.7, 1.0, 0.0, 2.0]), seed=torch.arange(4) + 8,
+             offset=torch.zeros(4, dtype=torch.long)) if sampled else {}
+    for P in (1, 7):  # corrected and pure-prefix (scores = base) levels
+        kw = dict(topk=3, depth=7, budget=20, pure_prefix_len=P, return_q_rows=True, **s)
+        out = dk.domino_tree_rollout(hidden, bad, anchor, head, emb, **kw)
+        r = ref.tree_rollout(hidden, bad, anchor, *ref_args(head, emb), **kw)
+        assert torch.equal(out[0], r[0]) and torch.equal(out[1], r[1]) and torch.equal(out[3], r[3])
+        _assert_tree_layout(*out[:4], 20)
+        assert ((out[0][:, 1:] == -1) | ((out[0][:, 1:] >= 0) & (out[0][:, 1:] < 200))).all()
+        assert (out[3][1] >= 1)
+
+
 def test_opcheck_and_compile():
     head, emb, hidden, base, anchor = make_head(B=2, seed=14)
     table = dk.build_gru_table(emb, head.w_ih)
@@ -249,12 +324,16 @@ def test_opcheck_and_compile():
     torch.library.opcheck(torch.ops.domino.domino_tree_rollout.default,
                           (hidden, base, anchor, *head.tensors(), emb, None, True, 1, 2, 3, 6,
                            temp, seed, off))
+    torch.library.opcheck(torch.ops.domino.domino_tree_rollout.default,
+                          (hidden, base, anchor, *head.tensors(), emb, table, True, 1, 3, 4, 9,
+                           temp, seed, off, None, True))
     torch.library.opcheck(torch.ops.domino.build_gru_table.default, (emb, head.w_ih))
 
     def f(hidden, base, anchor):
         t, q, _ = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=5)
-        tt, p, tq, n = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=2, depth=3, budget=6)
-        return t, q, tt, p, n
+        tt, p, tq, n, rows = dk.domino_tree_rollout(hidden, base, anchor, head, emb, topk=2, depth=3,
+                                                    budget=6, return_q_rows=True)
+        return t, q, tt, p, n, rows
 
     compiled = torch.compile(f, fullgraph=True)
     for a, b in zip(compiled(hidden, base, anchor), f(hidden, base, anchor)):
@@ -356,7 +435,8 @@ def test_cuda_sampled_tree_and_shortlist_equal_cpu():
     c = dk.domino_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], num_proposals=10, **s)
     g = dk.domino_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], num_proposals=10, **sg)
     assert torch.equal(g[0].cpu(), c[0])
-    for kw in (dict(topk=1, depth=10, budget=10), dict(topk=3, depth=4, budget=25)):
+    for kw in (dict(topk=1, depth=10, budget=10), dict(topk=3, depth=4, budget=25),
+               dict(topk=4, depth=12, budget=40, return_q_rows=True)):
         ct = dk.domino_tree_rollout(cpu[2], cpu[3], cpu[4], cpu[0], cpu[1], **kw, **s)
         gt = dk.domino_tree_rollout(gpu[2], gpu[3], gpu[4], gpu[0], gpu[1], **kw, **sg)
         for a, b in zip(gt, ct):
@@ -578,3 +658,34 @@ def test_packed_w2_is_what_runs():
     q = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=5, return_q_rows=True,
                           w2_packed=zero)[2]
     assert torch.allclose(q[:, 1:], torch.softmax(base[:, 1:5].float(), -1), atol=1e-6)
+
+
+def test_sampled_dynamic_tree_with_rsd_is_lossless():
+    """Sampled dynamic tree (budget well below the candidate pool, so the selection prunes) +
+    verify(rule="rejection_without_replacement") with the rollout's q rows: the first two emitted
+    tokens follow the target exactly. The target is Markov (the law after a node depends on its
+    token only), so P(t1, t2) = p(t1 | anchor) p(t2 | t1); where nothing is accepted t2 is drawn
+    from p(. | t1) directly, as the next step would (tests/test_verify_stats.py). Fixed seeds;
+    false-alarm rate 1e-4 (G-test). Power: scoring sampled children by their own log q (the greedy
+    rule) instead makes this test fail with p ~ 1e-69 (checked by hand while developing)."""
+    from .test_verify_stats import first_two_tokens, joint_counts, processed
+
+    V, n = 6, 100_000
+    head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
+    e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
+    tokens, parents, q, num, rows = dk.domino_tree_rollout(
+        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=3, budget=3, pure_prefix_len=1,
+        temperature=1.0, seed=torch.arange(n) * 3 + 17, offset=5, return_q_rows=True)
+    assert (num == 4).all()  # 4 of 11 candidates kept
+    assert (parents[:, 1:] > 0).any() and (parents[:, 1:] == 0).any()  # both deep and wide trees
+    g = torch.Generator().manual_seed(21)
+    target = torch.randn(V, V, generator=g) * 1.5  # logits after a node with token x: target[x]
+    logits = target[tokens.clamp_min(0)]
+    acc, _, emitted = torch.ops.domino.verify(
+        tokens, parents, num, logits, torch.ones(n), None, None, rows, None,
+        torch.arange(n) + 99, torch.zeros(n, dtype=torch.int64), 3)
+    assert 0.1 < (acc >= 1).float().mean() < 0.95 and (acc >= 2).any()
+    p = np.stack([processed(target[x], 1.0, 0, 1.0) for x in range(V)])
+    t1, t2 = first_two_tokens(acc, emitted, p, 5)
+    assert_matches_distribution(joint_counts(t1, t2), (p[int(anchor[0])][:, None] * p).ravel(),
+                                what="sampled tree + RSD")

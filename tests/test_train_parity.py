@@ -1,8 +1,7 @@
-"""Trained drafters vs the decode layer (issue 7): the training module and the inference loader
-agree on the block hidden states and on the greedy proposals, and speculative greedy decoding with
-a freshly trained pair equals target-only decoding. Skipped until the decode layer
-(``domino_kernels.model``) is present on the branch."""
-import json
+"""Trained drafters vs the decode layer: the training module and the inference loader agree on the
+block hidden states and on the greedy proposals, and speculative greedy decoding with a freshly
+trained pair equals target-only decoding. Needs the training dependencies (tokenizers,
+transformers)."""
 import os
 
 import pytest
@@ -10,12 +9,12 @@ import torch
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
-pytest.importorskip("domino_kernels.model")
 
+from domino_kernels.model.config import DraftConfig  # noqa: E402
 from domino_kernels.model.dflash import load_draft  # noqa: E402
 from domino_kernels.model.qwen3 import load_qwen3  # noqa: E402
 from domino_kernels.train.__main__ import main  # noqa: E402
-from domino_kernels.train.draft_model import DraftModel, DraftSpec  # noqa: E402
+from domino_kernels.train.draft_model import DraftModel  # noqa: E402
 
 TINY = ["--max-files", "10", "--vocab-size", "300", "--hidden", "64", "--intermediate", "128",
         "--layers", "3", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--seq-len", "32",
@@ -35,17 +34,7 @@ def pair(tmp_path_factory):
 def _training_module(path, target, w2=None):
     from safetensors.torch import load_file
 
-    cfg = json.load(open(os.path.join(path, "config.json")))
-    d = cfg["dflash_config"]
-    spec = DraftSpec(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                     intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
-                     num_attention_heads=cfg["num_attention_heads"],
-                     num_key_value_heads=cfg["num_key_value_heads"], head_dim=cfg["head_dim"],
-                     target_layer_ids=d["target_layer_ids"], num_target_layers=cfg["num_target_layers"],
-                     mask_token_id=d["mask_token_id"], block_size=cfg["block_size"],
-                     rope_theta=cfg["rope_theta"], domino="projector_type" in d,
-                     emb_dim=d.get("emb_dim", 16), gru_hidden_dim=d.get("gru_hidden_dim", 32))
-    m = DraftModel(spec, target.embed.float(), target.lm_head.float())
+    m = DraftModel(DraftConfig.from_dir(path), target.embed.float(), target.lm_head.float())
     sd = {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
     if w2 is not None:
         sd["embed_proj.2.weight"] = w2

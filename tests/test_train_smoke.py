@@ -1,4 +1,4 @@
-"""Smoke test of the training pipeline (issue 7): tokenizer, target and both drafters for a few
+"""Smoke test of the training pipeline: tokenizer, target and both drafters for a few
 steps on a slice of the corpus through the CLI, then the saved files in the public formats."""
 import json
 import os
@@ -90,3 +90,12 @@ def test_training_is_deterministic(run_dir, tmp_path):
     for sub in ("target", "draft-domino"):
         a, b = _tensors(os.path.join(run_dir, sub)), _tensors(os.path.join(out, sub))
         assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), sub
+
+
+def test_draft_configs_read_back_through_the_decode_schema(run_dir):
+    from domino_kernels.model.config import DraftConfig
+
+    for sub in ("draft-domino", "draft-dflash"):
+        path = os.path.join(run_dir, sub)
+        written = json.load(open(os.path.join(path, "config.json")))
+        assert DraftConfig.from_dir(path).to_dict() == written, sub

@@ -1,7 +1,7 @@
 // CPU implementation of the Domino rollout (semantics in domino/rollout.h).
 //
-// One engine runs both the chain (topk 1, budget N) and the tree. Per level it does:
-//   m     = silu(zp[b, i] + (W1h h)[node])            every frontier row (zp = W1z zz, hoisted),
+// One engine runs both the chain (topk 1, budget N) and the dynamic tree. Per depth it does:
+//   m     = silu(zp[b, i] + (W1h h)[node])            every beam row (zp = W1z zz, hoisted),
 //           stored in the weight dtype (head_activation)
 //   pass  = one sweep over W2 in tiles of kTile rows: each W2 row (or packed group of 16 rows,
 //           pack_w2_bf16) is read once and dotted with all the level's m rows (weight-stationary;
@@ -9,8 +9,10 @@
 //           folded into the row's running TopK (online max/sum-exp, argmax / top-k / Gumbel
 //           top-k). Threads own contiguous chunks of tiles.
 //   merge = the per-chunk partials of each row, in chunk order
-//   select children within the budget, then the GRU cell of every new node and one GEMV pass
-//   [W1h | W_hh] h_new for all of them (W_ih h-input via a table row gather or a GEMV).
+//   pool  = the children join the request's candidate pool (child_scores), the next beam is chosen
+//           (rank_within), then the GRU cell of every beam node and one GEMV pass [W1h | W_hh] h_new
+//           for all of them (W_ih h-input via a table row gather or a GEMV).
+//   emit  = the budget selection and the output layout (rank_within, emit_tree / emit_chain).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -31,23 +33,17 @@ constexpr int64_t kTile = 256;      // W2 rows per tile (scores of a tile stay i
 static_assert(kTile % kPackRows == 0, "a tile must start a packed W2 group");
 constexpr int64_t kMaxChunks = 64;  // partials per row of a vocabulary pass
 constexpr int64_t kPrefetchRows = 16;  // weight rows prefetched ahead of the current block
+// Per-row loops whose rows are a few KB of element math (gathers, GRU cells, m): a parallel region
+// per beam level costs more than the work below this many rows (and much more on a loaded machine).
+constexpr int64_t kSmallRowGrain = 16;
 
 struct RowCtx {
   int64_t b;
-  int32_t node;  // frontier node being expanded
+  int32_t node;  // pool index of the beam node being expanded
   bool greedy;
   float temperature;
   uint64_t seed, offset;
   uint32_t stream;
-};
-
-// One candidate child of a level (before the budget selection).
-struct Child {
-  float cum;
-  int32_t parent;
-  int32_t rank;
-  int64_t token;
-  float logq;
 };
 
 class Engine {
@@ -56,36 +52,45 @@ class Engine {
     B_ = p.B; H_ = p.H; G_ = p.G; E_ = p.E; V_ = p.V; G3_ = 3 * p.G;
     N_ = p.depth; P_ = p.pure_prefix; K_ = p.topk;
     M_ = int64_t(p.budget) + 1;
+    Pmax_ = pool_capacity(p);
+    Smax_ = state_capacity(p);
     Hp_ = pad16(H_); Gp_ = pad16(G_); Ep_ = pad16(E_); G3p_ = pad16(G3_);
     HG_ = E_ + G3_;
-    Fmax_ = max_frontier(p);
     wsize_ = p.wdtype == DType::F32 ? 4 : 2;
     need_gru_ = N_ > P_;
   }
 
   void run() {
-    node_tok_.assign(B_ * M_, -1);
-    node_par_.assign(B_ * M_, -1);
-    node_q_.assign(B_ * M_, 0.0f);
-    node_cum_.assign(B_ * M_, 0.0f);
+    node_tok_.assign(B_ * Pmax_, -1);
+    node_par_.assign(B_ * Pmax_, -1);
+    node_q_.assign(B_ * Pmax_, 0.0f);
+    node_acc_.assign(B_ * Pmax_, 0.0f);
+    node_score_.assign(B_ * Pmax_, 0.0f);
+    node_state_.assign(B_ * Pmax_, -1);
     num_.assign(B_, 1);
-    std::vector<std::pair<int64_t, int32_t>> frontier;  // (b, node) of the current level
+    num_states_.assign(B_, 0);
+    if (p_.tree && p_.q_rows) tree_q_rows_.assign(B_ * Smax_ * V_, 0.0f);
+    std::vector<std::pair<int64_t, int32_t>> frontier;  // (b, pool node) expanded at this depth
     for (int64_t b = 0; b < B_; ++b) {
-      node_tok_[b * M_] = p_.anchor[b];
-      node_q_[b * M_] = 1.0f;
+      node_tok_[b * Pmax_] = p_.anchor[b];
+      node_q_[b * Pmax_] = 1.0f;
       frontier.push_back({b, 0});
     }
+    assign_states(frontier);
     if (need_gru_) {
-      node_h_.assign(B_ * M_ * Gp_, 0.0f);
-      node_hg_.assign(B_ * M_ * HG_, 0.0f);
+      node_h_.assign(B_ * Smax_ * Gp_, 0.0f);
+      node_hg_.assign(B_ * Smax_ * HG_, 0.0f);
       compute_zp();
       grow_states(frontier);
     }
     for (int32_t d = 0; d < N_ && !frontier.empty(); ++d) {
       const int32_t i = d + 1;  // proposal index of the children
-      std::vector<TopK> rows = score_level(frontier, i);
-      frontier = select_children(frontier, rows, i);
-      if (need_gru_ && i < N_ && !frontier.empty()) grow_states(frontier);
+      std::vector<int32_t> level_begin(num_.begin(), num_.end());
+      append_children(frontier, score_level(frontier, i));
+      if (i == N_) break;
+      frontier = next_beam(level_begin);
+      assign_states(frontier);
+      if (need_gru_) grow_states(frontier);
     }
     emit();
   }
@@ -152,37 +157,45 @@ class Engine {
   }
   const float* zp(int64_t b, int32_t i) const { return &zp_[(b * (N_ - P_) + (i - P_ - 1)) * E_]; }
 
+  int64_t node(int64_t b, int32_t n) const { return b * Pmax_ + n; }
+  // State slot (GRU state, q row) of an expanded node, request-global.
+  int64_t state(int64_t b, int32_t n) const { return b * Smax_ + node_state_[node(b, n)]; }
+
+  void assign_states(const std::vector<std::pair<int64_t, int32_t>>& nodes) {
+    for (const auto& [b, n] : nodes) node_state_[node(b, n)] = num_states_[b]++;
+  }
+
   // GRU cell for the given new nodes (their parents' states are ready), then [W1h | W_hh] · h.
   void grow_states(const std::vector<std::pair<int64_t, int32_t>>& nodes) {
     const int64_t A = int64_t(nodes.size());
     std::vector<float> gi(A * G3p_, 0.0f);
     auto token_ok = [&](int64_t t) { return t >= 0 && t < V_; };
     if (p_.gru_table) {
-      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
-          const int64_t t = node_tok_[nodes[a].first * M_ + nodes[a].second];
+          const int64_t t = node_tok_[node(nodes[a].first, nodes[a].second)];
           if (token_ok(t)) to_f32_row(wrow(p_.gru_table, t, G3_), p_.wdtype, G3_, G3p_, &gi[a * G3p_]);
         }
       });
     } else {
       std::vector<float> X(A * Hp_, 0.0f);
-      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
-          const int64_t t = node_tok_[nodes[a].first * M_ + nodes[a].second];
+          const int64_t t = node_tok_[node(nodes[a].first, nodes[a].second)];
           if (token_ok(t)) to_f32_row(wrow(p_.embedding, t, H_), p_.wdtype, H_, Hp_, &X[a * Hp_]);
         }
       });
       gemv(p_.w_ih, H_, 0, H_, G3_, X.data(), A, gi.data(), G3p_);
     }
     std::vector<float> Xh(A * Gp_, 0.0f);
-    pf_(A, 1, [&](int64_t a0, int64_t a1) {
+    pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
       for (int64_t a = a0; a < a1; ++a) {
-        const int64_t b = nodes[a].first, n = b * M_ + nodes[a].second;
-        const int64_t par = node_par_[n];
-        const float* hp = par >= 0 ? &node_h_[(b * M_ + par) * Gp_] : nullptr;
-        const float* gh = par >= 0 ? &node_hg_[(b * M_ + par) * HG_ + E_] : nullptr;
+        const int64_t b = nodes[a].first;
+        const int32_t par = node_par_[node(b, nodes[a].second)];
+        const float* hp = par >= 0 ? &node_h_[state(b, par) * Gp_] : nullptr;
+        const float* gh = par >= 0 ? &node_hg_[state(b, par) * HG_ + E_] : nullptr;
         const float* g = &gi[a * G3p_];
-        float* h = &node_h_[n * Gp_];
+        float* h = &node_h_[state(b, nodes[a].second) * Gp_];
         cpu::gru_cells(g, gh, hp, G_, p_.wdtype, h);
         std::copy(h, h + Gp_, &Xh[a * Gp_]);
       }
@@ -190,10 +203,8 @@ class Engine {
     std::vector<float> Y(A * HG_);
     gemv(p_.w1, H_ + G_, H_, G_, E_, Xh.data(), A, Y.data(), HG_);  // W1h · h
     gemv(p_.w_hh, G_, 0, G_, G3_, Xh.data(), A, Y.data() + E_, HG_);  // W_hh · h
-    for (int64_t a = 0; a < A; ++a) {
-      const int64_t n = nodes[a].first * M_ + nodes[a].second;
-      std::copy(&Y[a * HG_], &Y[(a + 1) * HG_], &node_hg_[n * HG_]);
-    }
+    for (int64_t a = 0; a < A; ++a)
+      std::copy(&Y[a * HG_], &Y[(a + 1) * HG_], &node_hg_[state(nodes[a].first, nodes[a].second) * HG_]);
   }
 
   template <typename Tb>
@@ -259,10 +270,10 @@ class Engine {
     std::vector<float> m;
     if (corrected) {
       m.assign(A * Ep_, 0.0f);
-      pf_(A, 1, [&](int64_t a0, int64_t a1) {
+      pf_(A, kSmallRowGrain, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
           const float* z = zp(ctx[a].b, i);
-          const float* hp = &node_hg_[(ctx[a].b * M_ + ctx[a].node) * HG_];
+          const float* hp = &node_hg_[state(ctx[a].b, ctx[a].node) * HG_];
           for (int64_t e = 0; e < E_; ++e) m[a * Ep_ + e] = head_activation(det::add(z[e], hp[e]), p_.wdtype);
         }
       });
@@ -271,8 +282,11 @@ class Engine {
     cpu::PackedRows mp;  // m packed for the in-register kernels (bf16 pairs: exact, m is bf16)
     if (corrected && in_regs) mp = cpu::pack_rows(m.data(), Ep_, A, E_, p_.wdtype);
     const bool packed = mp.bf16_pairs && p_.w2_packed != nullptr;  // see pack_w2_bf16
-    auto qrow = [&](int64_t b) -> float* {
-      return p_.q_rows ? p_.q_rows + (b * N_ + (i - 1)) * V_ : nullptr;
+    // q rows: the chain writes the output row of proposal i, the tree its expanded node's slot
+    auto qrow = [&](int64_t a) -> float* {
+      if (!p_.q_rows) return nullptr;
+      return p_.tree ? &tree_q_rows_[state(ctx[a].b, ctx[a].node) * V_]
+                     : p_.q_rows + (ctx[a].b * N_ + (i - 1)) * V_;
     };
     const bool shortlist = corrected && p_.shortlist && !p_.tree;
     std::vector<TopK> rows(A);
@@ -282,7 +296,7 @@ class Engine {
       // Each request has its own candidate columns: the weight rows differ per row.
       const int64_t Kc = p_.num_candidates;
       for (int64_t a = 0; a < A; ++a)
-        if (float* q = qrow(ctx[a].b)) std::fill(q, q + V_, -det::kInf);
+        if (float* q = qrow(a)) std::fill(q, q + V_, -det::kInf);
       const int64_t ntile = (Kc + kTile - 1) / kTile;
       std::vector<TopK> part(A * ntile);
       pf_(A * ntile, 1, [&](int64_t t0, int64_t t1) {
@@ -303,7 +317,7 @@ class Engine {
           });
           TopK& st = part[t];
           topk_init(st);
-          consume(st, s.data(), n, 0, ids, ctx[a], qrow(b));
+          consume(st, s.data(), n, 0, ids, ctx[a], qrow(a));
         }
       });
       for (int64_t a = 0; a < A; ++a)
@@ -341,7 +355,7 @@ class Engine {
               const int64_t bsz = p_.base_dtype == DType::F32 ? 4 : 2;
               const char* base = static_cast<const char*>(p_.base) +
                   (ctx[a].b * p_.base_stride_b + int64_t(i - 1) * p_.base_stride_n + v0) * bsz;
-              consume(st[a], s, n, v0, nullptr, ctx[a], qrow(ctx[a].b), base, corrected);
+              consume(st[a], s, n, v0, nullptr, ctx[a], qrow(a), base, corrected);
             }
           }
         }
@@ -353,7 +367,7 @@ class Engine {
     if (p_.q_rows) {  // raw scaled scores -> probabilities
       pf_(A, 1, [&](int64_t a0, int64_t a1) {
         for (int64_t a = a0; a < a1; ++a) {
-          float* q = qrow(ctx[a].b);
+          float* q = qrow(a);
           const TopK& st = rows[a];
           const bool ok = st.max > -det::kInf;
           for (int64_t v = 0; v < V_; ++v)
@@ -364,73 +378,86 @@ class Engine {
     return rows;
   }
 
-  // Budget selection: the level's candidates ranked by cumulative log q (ties: parent, rank), the
-  // best `remaining` kept, then numbered in (parent, rank) order.
-  std::vector<std::pair<int64_t, int32_t>> select_children(
-      const std::vector<std::pair<int64_t, int32_t>>& frontier, const std::vector<TopK>& rows,
-      int32_t /*i*/) {
+  // The children of every expanded row join their request's pool, in (row, rank) order.
+  void append_children(const std::vector<std::pair<int64_t, int32_t>>& frontier,
+                       const std::vector<TopK>& rows) {
+    for (size_t a = 0; a < frontier.size(); ++a) {
+      const auto [b, par] = frontier[a];
+      const TopK& st = rows[a];
+      float lq[kMaxTopK], acc[kMaxTopK], score[kMaxTopK];
+      for (int j = 0; j < st.n; ++j) lq[j] = log_q(st, st.val[j]);
+      const bool sampled = p_.temperature && p_.temperature[b] > 0.0f;
+      child_scores(node_acc_[node(b, par)], node_score_[node(b, par)], sampled, lq, st.n, acc, score);
+      for (int j = 0; j < st.n; ++j) {
+        const int64_t n = node(b, num_[b]++);
+        node_tok_[n] = st.idx[j];
+        node_par_[n] = par;
+        node_q_[n] = det::exp(lq[j]);
+        node_acc_[n] = acc[j];
+        node_score_[n] = score[j];
+      }
+    }
+  }
+
+  // The beam of the next depth: per request the best `beam_width` nodes of the newest depth
+  // (pool range [level_begin[b], num_[b])), in pool order.
+  std::vector<std::pair<int64_t, int32_t>> next_beam(const std::vector<int32_t>& level_begin) const {
     std::vector<std::pair<int64_t, int32_t>> next;
-    size_t a = 0;
+    const int32_t beam = int32_t(beam_width(p_));
     for (int64_t b = 0; b < B_; ++b) {
-      std::vector<Child> cand;
-      for (; a < frontier.size() && frontier[a].first == b; ++a) {
-        const TopK& st = rows[a];
-        const int32_t par = frontier[a].second;
-        for (int j = 0; j < st.n; ++j) {
-          const float lq = log_q(st, st.val[j]);
-          cand.push_back(Child{det::add(node_cum_[b * M_ + par], lq), par, j, st.idx[j], lq});
-        }
-      }
-      const int64_t remaining = int64_t(p_.budget) - (num_[b] - 1);
-      std::sort(cand.begin(), cand.end(), [](const Child& x, const Child& y) {
-        if (x.cum != y.cum) return x.cum > y.cum;
-        if (x.parent != y.parent) return x.parent < y.parent;
-        return x.rank < y.rank;
-      });
-      if (int64_t(cand.size()) > remaining) cand.resize(size_t(std::max<int64_t>(remaining, 0)));
-      std::sort(cand.begin(), cand.end(), [](const Child& x, const Child& y) {
-        return x.parent != y.parent ? x.parent < y.parent : x.rank < y.rank;
-      });
-      for (const Child& ch : cand) {
-        const int32_t id = int32_t(num_[b]++);
-        const int64_t n = b * M_ + id;
-        node_tok_[n] = ch.token;
-        node_par_[n] = ch.parent;
-        node_q_[n] = det::exp(ch.logq);
-        node_cum_[n] = ch.cum;
-        next.push_back({b, id});
-      }
+      const float* score = &node_score_[node(b, 0)];
+      const int32_t end = int32_t(num_[b]);
+      for (int32_t c = level_begin[b]; c < end; ++c)
+        if (rank_within(score, level_begin[b], end, c, beam) < beam) next.push_back({b, c});
     }
     return next;
   }
 
   void emit() {
-    for (int64_t b = 0; b < B_; ++b) {
-      if (p_.tree) {
-        for (int64_t n = 0; n < M_; ++n) {
-          const bool used = n < num_[b];
-          p_.tokens[b * M_ + n] = used ? node_tok_[b * M_ + n] : -1;
-          p_.parents[b * M_ + n] = used ? node_par_[b * M_ + n] : -1;
-          p_.q[b * M_ + n] = used ? node_q_[b * M_ + n] : 0.0f;
-        }
-        p_.num_nodes[b] = num_[b];
-      } else {  // chain: node i is proposal i
-        for (int64_t i = 1; i <= N_; ++i) {
-          const bool used = i < num_[b];
-          p_.tokens[b * N_ + i - 1] = used ? node_tok_[b * M_ + i] : -1;
-          p_.q[b * N_ + i - 1] = used ? node_q_[b * M_ + i] : 0.0f;
+    if (!p_.tree) {  // chain: pool node i is proposal i
+      for (int64_t b = 0; b < B_; ++b)
+        emit_chain(&node_tok_[node(b, 0)], &node_q_[node(b, 0)], int32_t(num_[b]), N_,
+                   p_.tokens + b * N_, p_.q + b * N_);
+      return;
+    }
+    const int32_t M = int32_t(M_);
+    pf_(B_, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<uint8_t> keep;
+      std::vector<int32_t> out_id, source(M_);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int32_t n = int32_t(num_[b]);
+        const float* score = &node_score_[node(b, 0)];
+        keep.assign(size_t(n), 0);
+        out_id.assign(size_t(n), -1);
+        for (int32_t c = 0; c < n; ++c) keep[c] = rank_within(score, 0, n, c, M) < M;
+        p_.num_nodes[b] = emit_tree(&node_tok_[node(b, 0)], &node_par_[node(b, 0)], &node_q_[node(b, 0)],
+                                    keep.data(), n, M, out_id.data(), p_.tokens + b * M_,
+                                    p_.parents + b * M_, p_.q + b * M_, source.data());
+        if (!p_.q_rows) continue;
+        for (int64_t j = 0; j < M_; ++j) {
+          float* dst = p_.q_rows + (b * M_ + j) * V_;
+          const int32_t c = source[j];
+          if (c >= 0 && node_state_[node(b, c)] >= 0) {
+            const float* src = &tree_q_rows_[state(b, c) * V_];
+            std::copy(src, src + V_, dst);
+          } else {
+            std::fill(dst, dst + V_, 0.0f);
+          }
         }
       }
-    }
+    });
   }
 
   const RolloutParams& p_;
   const ParallelFor& pf_;
-  int64_t B_, H_, G_, E_, V_, G3_, M_, Hp_, Gp_, Ep_, G3p_, HG_, Fmax_, wsize_;
+  int64_t B_, H_, G_, E_, V_, G3_, M_, Pmax_, Smax_, Hp_, Gp_, Ep_, G3p_, HG_, wsize_;
   int32_t N_, P_, K_;
   bool need_gru_;
-  std::vector<float> zp_, node_h_, node_hg_, node_q_, node_cum_;
-  std::vector<int64_t> node_tok_, node_par_, num_;
+  // Per request: the candidate pool [B, Pmax] (node_*; node_state_ = state slot of an expanded
+  // node or -1), the states of expanded nodes [B, Smax] (GRU h, [W1h | W_hh] h, tree q rows).
+  std::vector<float> zp_, node_h_, node_hg_, node_q_, node_acc_, node_score_, tree_q_rows_;
+  std::vector<int64_t> node_tok_, num_, num_states_;
+  std::vector<int32_t> node_par_, node_state_;
 };
 
 }  // namespace

@@ -20,6 +20,23 @@ struct RowScratch {
   std::vector<uint64_t> mass;  // fixed_mass(expo); with want_mass: 0 outside the kept set
 };
 
+// Greedy pick of a logits row (T = 0): the first index of the largest logit; -1 when a logit is
+// NaN or +inf (the row is invalid) or no logit is above -inf.
+template <typename T>
+inline int64_t greedy_argmax(const T* row, int64_t n) {
+  float best = -det::kInf;
+  int64_t best_idx = -1;
+  for (int64_t v = 0; v < n; ++v) {
+    const float l = to_float(row[v]);
+    if (det::is_nan(l) || l == det::kInf) return -1;
+    if (l > best) {
+      best = l;
+      best_idx = v;
+    }
+  }
+  return best_idx;
+}
+
 // k-th largest key (1-based k), MSB-first radix select.
 inline uint32_t kth_largest_key(const uint32_t* keys, int64_t n, uint32_t k) {
   uint32_t prefix = 0, mask = 0, remaining = k;

@@ -18,16 +18,7 @@ int64_t sample_row(const SampleParams& p, int64_t b, cpu::RowScratch& s) {
   const T* row = static_cast<const T*>(p.logits) + b * p.row_stride;
   const int64_t n = p.vocab;
 
-  if (rp.greedy) {
-    float best = -det::kInf;
-    int64_t best_idx = -1;
-    for (int64_t v = 0; v < n; ++v) {
-      const float l = to_float(row[v]);
-      if (det::is_nan(l) || l == det::kInf) return -1;
-      if (l > best) { best = l; best_idx = v; }
-    }
-    return best_idx;  // -1 when every logit is -inf
-  }
+  if (rp.greedy) return cpu::greedy_argmax(row, n);
 
   const cpu::FilteredRow fr = cpu::filter_row(row, n, rp.inv_temperature, rp.top_k, rp.top_p,
                                               /*want_mass=*/false, s);
@@ -41,7 +32,7 @@ int64_t sample_row(const SampleParams& p, int64_t b, cpu::RowScratch& s) {
   };
   uint64_t total = 0;
   for (int64_t v = 0; v < n; ++v) total += kept_mass(v);
-  const uint64_t r = mass_rank(row_u64(rp.seed, rp.offset), total);
+  const uint64_t r = drawn_rank(rp.seed, rp.offset, total);
   uint64_t prefix = 0;
   for (int64_t v = 0; v < n; ++v) {
     prefix += kept_mass(v);

@@ -42,13 +42,7 @@ struct CpuRow {
                    node * p->logits_stride_t;
     const int64_t n = p->vocab;
     if (greedy) {
-      float bv = -det::kInf;
-      best = -1;
-      for (int64_t v = 0; v < n; ++v) {
-        const float l = to_float(row[v]);
-        if (det::is_nan(l) || l == det::kInf) return false;
-        if (l > bv) { bv = l; best = v; }
-      }
+      best = cpu::greedy_argmax(row, n);
       return best >= 0;
     }
     const int64_t top_k = p->top_k ? p->top_k[b] : 0;

@@ -2,17 +2,19 @@
 // csrc/cpu/rollout.cpp, as a fixed sequence of launches per level (no host sync, launch shapes
 // depend only on the params: CUDA-graph capturable).
 //
-// Per level (frontier capacity F_d rows per request, inactive rows skip their work):
-//   row_map   frontier slot -> node
-//   m         silu(zp + (W1h h)[node])                          (corrected levels)
+// Per depth (beam capacity F rows per request, inactive rows skip their work):
+//   row_map   beam slot -> pool node and its state slot
+//   m         silu(zp + (W1h h)[state])                         (corrected levels)
 //   score     W2 pass: each CTA owns kRowsPerCta consecutive vocabulary rows; every warp keeps one
 //             W2 row in registers and dots it with the m rows of a group of kGroup rows
 //             (weight-stationary: a W2 row is read from HBM once per group; B <= 8 is one group),
 //             adds the base logit and folds the score into the per-row TopK (lane r owns row r);
 //             the CTA writes one partial per row
 //   merge     one block per row: TopK partials -> (max, sum, top-k), log q
-//   select    one block per request: budget selection, new nodes, next frontier
+//   level     one block per request: the children join the pool (child_scores), the next beam
+//             is ranked (rank_within) and gets state slots
 //   grow      GRU input (table row gather or W_ih GEMV), GRU cell, [W1h | W_hh] h GEMV
+// then the budget selection and emit (rank_within, emit_tree / emit_chain: rollout.h).
 // Values read from device memory are clamped: a token outside [0, V) gives a zero GRU input.
 #include <cuda_runtime.h>
 
@@ -41,42 +43,54 @@ __device__ __forceinline__ float load_f(const void* p, DType t, int64_t i) {
 
 // ---------------------------------------------------------------- workspace
 struct Workspace {
-  float* zp;          // [B * (N - P)][E]
-  float* node_h;      // [B * M][G]
-  float* node_hg;     // [B * M][E + 3G]
-  float* node_cum;    // [B * M]
-  float* node_q;      // [B * M]
-  int64_t* node_tok;  // [B * M]
-  int32_t* node_par;  // [B * M]
-  int32_t* num;       // [B]
-  int32_t* frontier[2];  // [B][Fmax]
-  int32_t* count[2];     // [B]
-  int32_t* row_map;      // [B * Fmax] node index b * M + node, or -1
-  float* m;              // [B * Fmax][E]
-  float* X;              // [max(B * (N - P), B * Fmax)][max(H, G)]
-  float* gi;             // [B * Fmax][3G]
-  TopK* partials;        // [nparts][B * Fmax]
-  int32_t* cand_tok;     // [B * Fmax][k]
-  float* cand_lq;        // [B * Fmax][k]
-  int32_t* cand_n;       // [B * Fmax]
-  float* row_stat;       // [B * Fmax][2]: max, sum
+  float* zp;             // [B * (N - P)][E]
+  // candidate pool, [B][Pmax]
+  int64_t* node_tok;
+  int32_t* node_par;     // pool index of the parent (-1: anchor)
+  int32_t* node_state;   // state slot of an expanded node, else -1
+  float* node_q;
+  float* node_acc;
+  float* node_score;
+  uint8_t* keep;         // [B][Pmax] beam / budget flags
+  int32_t* out_id;       // [B][Pmax] emit scratch
+  int32_t* source;       // [B][M] pool index of each output node (tree q rows)
+  int32_t* num;          // [B] pool size
+  int32_t* num_states;   // [B]
+  // expanded nodes' states, [B][Smax]
+  float* node_h;         // [.][G]
+  float* node_hg;        // [.][E + 3G]
+  float* tree_q;         // [.][V] tree q rows (only with q rows)
+  int32_t* frontier;     // [B][F] pool indices of the beam
+  int32_t* count;        // [B]
+  int32_t* row_map;      // [B * F] global pool index b * Pmax + node, or -1
+  int32_t* state_map;    // [B * F] global state index b * Smax + slot, or -1
+  float* m;              // [B * F][E]
+  float* X;              // [max(B * (N - P), B * F)][max(H, G)]
+  float* gi;             // [B * F][3G]
+  TopK* partials;        // [nparts][B * F]
+  int32_t* cand_tok;     // [B * F][k]
+  float* cand_lq;        // [B * F][k]
+  int32_t* cand_n;       // [B * F]
+  float* row_stat;       // [B * F][2]: max, sum
 };
 
 struct Dims {
-  int64_t B, H, G, E, V, G3, HG, M, Fmax, N, P, R, nparts_full, nparts;
+  int64_t B, H, G, E, V, G3, HG, M, F, Pmax, Smax, N, P, R, nparts;
 };
 
 Dims dims(const RolloutParams& p) {
   Dims d;
   d.B = p.B; d.H = p.H; d.G = p.G; d.E = p.E; d.V = p.V; d.G3 = 3 * p.G; d.HG = d.E + d.G3;
   d.M = int64_t(p.budget) + 1;
-  d.Fmax = max_frontier(p);
+  d.F = beam_width(p);
+  d.Pmax = pool_capacity(p);
+  d.Smax = state_capacity(p);
   d.N = p.depth;
   d.P = p.pure_prefix;
-  d.R = d.B * d.Fmax;
-  d.nparts_full = (d.V + kRowsPerCta - 1) / kRowsPerCta;
+  d.R = d.B * d.F;
+  const int64_t nparts_full = (d.V + kRowsPerCta - 1) / kRowsPerCta;
   const int64_t nparts_short = p.shortlist ? (p.num_candidates + kRowsPerCta - 1) / kRowsPerCta : 0;
-  d.nparts = d.nparts_full > nparts_short ? d.nparts_full : nparts_short;
+  d.nparts = nparts_full > nparts_short ? nparts_full : nparts_short;
   return d;
 }
 
@@ -93,20 +107,27 @@ Workspace layout(const RolloutParams& p, void* base, size_t* total) {
   const Dims d = dims(p);
   char* cur = static_cast<char*>(base);
   Workspace w;
-  const int64_t BM = d.B * d.M, nx = (d.B * (d.N - d.P) > d.R ? d.B * (d.N - d.P) : d.R);
+  const int64_t BP = d.B * d.Pmax, BS = d.B * d.Smax;
+  const int64_t nx = (d.B * (d.N - d.P) > d.R ? d.B * (d.N - d.P) : d.R);
   w.zp = carve<float>(cur, size_t(d.B * (d.N - d.P > 0 ? d.N - d.P : 1) * d.E));
-  w.node_h = carve<float>(cur, size_t(BM * d.G));
-  w.node_hg = carve<float>(cur, size_t(BM * d.HG));
-  w.node_cum = carve<float>(cur, size_t(BM));
-  w.node_q = carve<float>(cur, size_t(BM));
-  w.node_tok = carve<int64_t>(cur, size_t(BM));
-  w.node_par = carve<int32_t>(cur, size_t(BM));
+  w.node_tok = carve<int64_t>(cur, size_t(BP));
+  w.node_par = carve<int32_t>(cur, size_t(BP));
+  w.node_state = carve<int32_t>(cur, size_t(BP));
+  w.node_q = carve<float>(cur, size_t(BP));
+  w.node_acc = carve<float>(cur, size_t(BP));
+  w.node_score = carve<float>(cur, size_t(BP));
+  w.keep = carve<uint8_t>(cur, size_t(BP));
+  w.out_id = carve<int32_t>(cur, size_t(BP));
+  w.source = carve<int32_t>(cur, size_t(d.B * d.M));
   w.num = carve<int32_t>(cur, size_t(d.B));
-  for (int s = 0; s < 2; ++s) {
-    w.frontier[s] = carve<int32_t>(cur, size_t(d.R));
-    w.count[s] = carve<int32_t>(cur, size_t(d.B));
-  }
+  w.num_states = carve<int32_t>(cur, size_t(d.B));
+  w.node_h = carve<float>(cur, size_t(BS * d.G));
+  w.node_hg = carve<float>(cur, size_t(BS * d.HG));
+  w.tree_q = (p.tree && p.q_rows) ? carve<float>(cur, size_t(BS * d.V)) : nullptr;
+  w.frontier = carve<int32_t>(cur, size_t(d.R));
+  w.count = carve<int32_t>(cur, size_t(d.B));
   w.row_map = carve<int32_t>(cur, size_t(d.R));
+  w.state_map = carve<int32_t>(cur, size_t(d.R));
   w.m = carve<float>(cur, size_t(d.R * d.E));
   w.X = carve<float>(cur, size_t(nx * (d.H > d.G ? d.H : d.G)));
   w.gi = carve<float>(cur, size_t(d.R * d.G3));
@@ -120,30 +141,32 @@ Workspace layout(const RolloutParams& p, void* base, size_t* total) {
 }
 
 // ---------------------------------------------------------------- small kernels
-__global__ void init_kernel(RolloutParams p, Workspace w, int64_t M) {
+__global__ void init_kernel(RolloutParams p, Workspace w, int64_t Pmax, int64_t F) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= p.B) return;
-  const int64_t n0 = b * M;
-  for (int64_t n = 0; n < M; ++n) {
-    w.node_tok[n0 + n] = -1;
-    w.node_par[n0 + n] = -1;
-    w.node_q[n0 + n] = 0.0f;
-    w.node_cum[n0 + n] = 0.0f;
-  }
+  const int64_t n0 = b * Pmax;
   w.node_tok[n0] = p.anchor[b];
+  w.node_par[n0] = -1;
+  w.node_state[n0] = 0;
   w.node_q[n0] = 1.0f;
+  w.node_acc[n0] = 0.0f;
+  w.node_score[n0] = 0.0f;
   w.num[b] = 1;
-  w.frontier[0][b] = 0;  // level 0 has capacity 1: slot (b, 0) is at b * 1
-  w.count[0][b] = 1;
+  w.num_states[b] = 1;
+  w.frontier[b * F] = 0;
+  w.count[b] = 1;
 }
 
-// row_map[r] = b * M + frontier[b][f] for r = b * F + f < b * F + count[b], else -1.
-__global__ void row_map_kernel(const int32_t* frontier, const int32_t* count, int32_t* row_map,
-                               int64_t B, int64_t F, int64_t M) {
+// row_map[r] = b * Pmax + frontier[r] and state_map[r] = b * Smax + its state slot for
+// r = b * F + f < b * F + count[b], else -1.
+__global__ void row_map_kernel(Workspace w, int64_t B, int64_t F, int64_t Pmax, int64_t Smax) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= B * F) return;
   const int64_t b = r / F, f = r % F;
-  row_map[r] = f < count[b] ? int32_t(b * M + frontier[r]) : -1;
+  const bool on = f < w.count[b];
+  const int64_t n = on ? b * Pmax + w.frontier[r] : -1;
+  w.row_map[r] = int32_t(n);
+  w.state_map[r] = on ? int32_t(b * Smax + w.node_state[n]) : -1;
 }
 
 // X[a] = fp32 zz row of (b, i) for the corrected proposals, a = b * (N - P) + (i - P - 1).
@@ -165,10 +188,10 @@ __global__ void gather_token_rows_kernel(const void* src, DType dt, int64_t K, i
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) X[a * K + k] = ok ? load_f(src, dt, t * K + k) : 0.0f;
 }
 
-__global__ void gather_h_kernel(const int32_t* row_map, const float* node_h, int64_t G, float* X) {
+__global__ void gather_h_kernel(const int32_t* state_map, const float* node_h, int64_t G, float* X) {
   const int64_t a = blockIdx.x;
-  const int32_t n = row_map[a];
-  for (int64_t k = threadIdx.x; k < G; k += blockDim.x) X[a * G + k] = n >= 0 ? node_h[int64_t(n) * G + k] : 0.0f;
+  const int32_t s = state_map[a];
+  for (int64_t k = threadIdx.x; k < G; k += blockDim.x) X[a * G + k] = s >= 0 ? node_h[int64_t(s) * G + k] : 0.0f;
 }
 
 // Y[map(a)][r] = dot(W[r, col : col + K], X[a]) for every weight row r (one warp per row, the
@@ -204,20 +227,21 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const T* W, int64_t ldw,
   }
 }
 
-// GRU cell of every active new node: h = cell(gi, W_hh h_parent, h_parent).
+// GRU cell of every active new beam node: h = cell(gi, W_hh h_parent, h_parent).
 template <typename T>
-__global__ void gru_cell_kernel(const int32_t* row_map, Workspace w, const T* table,
-                                const float* gi, int64_t G, int64_t E, int64_t HG, int64_t M,
-                                int64_t V, DType wdtype) {
+__global__ void gru_cell_kernel(const int32_t* row_map, const int32_t* state_map, Workspace w,
+                                const T* table, const float* gi, int64_t G, int64_t E, int64_t HG,
+                                int64_t Pmax, int64_t Smax, int64_t V, DType wdtype) {
   const int64_t a = blockIdx.x;
   const int32_t n = row_map[a];
   if (n < 0) return;
   const int64_t g = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   if (g >= G) return;
-  const int64_t b = n / M;
+  const int64_t b = n / Pmax;
   const int32_t par = w.node_par[n];
-  const float* hp = par >= 0 ? w.node_h + (b * M + par) * G : nullptr;
-  const float* gh = par >= 0 ? w.node_hg + (b * M + par) * HG + E : nullptr;
+  const int64_t ps = par >= 0 ? b * Smax + w.node_state[b * Pmax + par] : -1;
+  const float* hp = ps >= 0 ? w.node_h + ps * G : nullptr;
+  const float* gh = ps >= 0 ? w.node_hg + ps * HG + E : nullptr;
   float x_r, x_z, x_n;
   if (table) {
     const int64_t t = w.node_tok[n];
@@ -230,27 +254,28 @@ __global__ void gru_cell_kernel(const int32_t* row_map, Workspace w, const T* ta
     x_z = gi[a * 3 * G + G + g];
     x_n = gi[a * 3 * G + 2 * G + g];
   }
-  w.node_h[int64_t(n) * G + g] = to_weight_precision(
+  w.node_h[int64_t(state_map[a]) * G + g] = to_weight_precision(
       gru_cell(x_r, x_z, x_n, gh ? gh[g] : 0.0f, gh ? gh[G + g] : 0.0f, gh ? gh[2 * G + g] : 0.0f,
                hp ? hp[g] : 0.0f),
       wdtype);
 }
 
-__global__ void m_kernel(const int32_t* row_map, Workspace w, int64_t F, int64_t E, int64_t HG,
+__global__ void m_kernel(const int32_t* state_map, Workspace w, int64_t F, int64_t E, int64_t HG,
                          int64_t per, int64_t zp_i, DType wdtype) {
   const int64_t r = blockIdx.x;
-  const int32_t n = row_map[r];
-  if (n < 0) return;
+  const int32_t s = state_map[r];
+  if (s < 0) return;
   const int64_t b = r / F;
   const float* z = w.zp + (b * per + zp_i) * E;
-  const float* hp = w.node_hg + int64_t(n) * HG;
+  const float* hp = w.node_hg + int64_t(s) * HG;
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) w.m[r * E + e] = head_activation(det::add(z[e], hp[e]), wdtype);
 }
 
 // ---------------------------------------------------------------- the vocabulary pass
 struct LevelArgs {
   int32_t proposal;  // i
-  int64_t F;         // frontier capacity
+  int64_t F;         // beam capacity (rows per request)
+  int64_t Pmax;      // pool capacity per request
   bool corrected;
   bool use_shortlist;
 };
@@ -270,6 +295,14 @@ __device__ __forceinline__ RowCtx row_ctx(const RolloutParams& p, int64_t b, int
   c.offset = p.offset ? uint64_t(p.offset[b]) : 0;
   c.stream = noise_stream(p.tree, i, node);
   return c;
+}
+
+// Where row r's q row goes: the chain's output row of proposal i, or the tree's state slot.
+__device__ __forceinline__ float* q_row_of(const RolloutParams& p, const Workspace& w, int64_t r,
+                                           int64_t F, int32_t i) {
+  if (!p.q_rows) return nullptr;
+  if (p.tree) return w.tree_q + int64_t(w.state_map[r]) * p.V;
+  return p.q_rows + ((r / F) * p.depth + (i - 1)) * p.V;
 }
 
 // Fold one score into a row's state (same rules as the CPU tile epilogue).
@@ -327,7 +360,7 @@ __global__ void __launch_bounds__(kThreads) score_kernel(RolloutParams p, Worksp
                                                          int64_t R, int64_t ncols) {
   __shared__ TopK warp_part[kWarps][kGroup];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t E = p.E, M = int64_t(p.budget) + 1;
+  const int64_t E = p.E;
   const int epl = int((E + 31) / 32);
   const int64_t j_begin = int64_t(blockIdx.x) * kRowsPerCta + warp * kRowsPerWarp;
   const T* W2 = static_cast<const T*>(p.w2);
@@ -349,11 +382,11 @@ __global__ void __launch_bounds__(kThreads) score_kernel(RolloutParams p, Worksp
     if (mine) {
       const int32_t n = w.row_map[my_row];
       my_b = my_row / L.F;
-      ctx = row_ctx(p, my_b, int32_t(n - my_b * M), L.proposal);
+      ctx = row_ctx(p, my_b, int32_t(n - my_b * L.Pmax), L.proposal);
       base_row = static_cast<const char*>(p.base) +
                  (my_b * p.base_stride_b + int64_t(L.proposal - 1) * p.base_stride_n) *
                      (p.base_dtype == DType::F32 ? 4 : 2);
-      if (p.q_rows) qraw = p.q_rows + (my_b * p.depth + (L.proposal - 1)) * p.V;
+      qraw = q_row_of(p, w, my_row, L.F, L.proposal);
     }
     bool any_active = false;
     for (int r = 0; r < nrows; ++r) any_active |= w.row_map[r0 + r] >= 0;
@@ -444,8 +477,7 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(RolloutParams p, W
 __global__ void q_rows_kernel(RolloutParams p, Workspace w, int64_t F, int32_t i, bool fill_neg_inf) {
   const int64_t r = blockIdx.y;
   if (w.row_map[r] < 0) return;
-  const int64_t b = r / F;
-  float* q = p.q_rows + (b * p.depth + (i - 1)) * p.V;
+  float* q = q_row_of(p, w, r, F, i);
   const float mx = w.row_stat[2 * r], sum = w.row_stat[2 * r + 1];
   for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < p.V; v += int64_t(gridDim.x) * blockDim.x) {
     if (fill_neg_inf) q[v] = -det::kInf;
@@ -453,86 +485,89 @@ __global__ void q_rows_kernel(RolloutParams p, Workspace w, int64_t F, int32_t i
   }
 }
 
-// One block per request: rank the level's candidates by (cum desc, parent asc, rank asc), keep
-// the best `remaining`, append them in (parent, rank) order, build the next frontier.
-__global__ void select_kernel(RolloutParams p, Workspace w, int64_t F, int64_t Fn, int cur, int64_t M) {
+// One block per request: the depth's children join the pool (child_scores, in (row, rank) order);
+// unless this was the last depth, the best F of them (rank_within) become the next beam, in pool
+// order, with fresh state slots.
+__global__ void level_kernel(RolloutParams p, Workspace w, int64_t F, int64_t Pmax, bool last) {
   const int64_t b = blockIdx.x;
   const int k = p.topk;
-  const int64_t n_slots = F * k;
-  const int32_t cnt = w.count[cur][b];
-  const int64_t remaining = int64_t(p.budget) - (w.num[b] - 1);
-  auto cand_cum = [&](int64_t c, bool& valid, int32_t& parent) {
-    const int64_t f = c / k, j = c % k, r = b * F + f;
-    valid = f < cnt && j < w.cand_n[r];
-    parent = valid ? w.frontier[cur][r] : 0;
-    return valid ? det::add(w.node_cum[b * M + parent], w.cand_lq[r * k + j]) : 0.0f;
-  };
-  __shared__ int32_t keep_flags[1024];
-  for (int64_t c0 = 0; c0 < n_slots; c0 += 1024) {
-    // chunked so that any F * k fits; ranks are computed against every candidate
-    for (int64_t c = c0 + threadIdx.x; c < c0 + 1024 && c < n_slots; c += blockDim.x) {
-      bool valid;
-      int32_t parent;
-      const float cum = cand_cum(c, valid, parent);
-      int64_t better = 0;
-      if (valid) {
-        for (int64_t o = 0; o < n_slots && better < remaining; ++o) {
-          bool ov;
-          int32_t op;
-          const float ocum = cand_cum(o, ov, op);
-          if (!ov || o == c) continue;
-          // (parent, rank) order is the slot order: o < c means (op, rank_o) < (parent, rank_c)
-          if (ocum > cum || (ocum == cum && o < c)) ++better;
-        }
+  __shared__ int32_t range[2];
+  int32_t* tok_par = w.node_par + b * Pmax;
+  float* score = w.node_score + b * Pmax;
+  uint8_t* keep = w.keep + b * Pmax;
+  if (threadIdx.x == 0) {
+    const int32_t begin = w.num[b];
+    int32_t n = begin;
+    const bool sampled = p.temperature && p.temperature[b] > 0.0f;
+    for (int32_t f = 0; f < w.count[b]; ++f) {
+      const int64_t r = b * F + f;
+      const int32_t par = w.frontier[r];
+      const int nc = w.cand_n[r];
+      float acc[kMaxTopK], sc[kMaxTopK];
+      child_scores(w.node_acc[b * Pmax + par], score[par], sampled, w.cand_lq + r * k, nc, acc, sc);
+      for (int j = 0; j < nc && n < Pmax; ++j, ++n) {
+        const int64_t g = b * Pmax + n;
+        w.node_tok[g] = w.cand_tok[r * k + j];
+        tok_par[n] = par;
+        w.node_state[g] = -1;
+        w.node_q[g] = det::exp(w.cand_lq[r * k + j]);
+        w.node_acc[g] = acc[j];
+        score[n] = sc[j];
       }
-      keep_flags[c - c0] = valid && better < remaining;
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      const int32_t nxt = 1 - cur;
-      int32_t f_out = c0 == 0 ? 0 : w.count[nxt][b];
-      for (int64_t c = c0; c < c0 + 1024 && c < n_slots; ++c) {
-        if (!keep_flags[c - c0]) continue;
-        // NaN cumulative scores compare false both ways and can all be flagged as kept: never
-        // exceed the budget (node ids must stay < M).
-        if (w.num[b] > p.budget) break;
-        const int64_t f = c / k, j = c % k, r = b * F + f;
-        const int32_t parent = w.frontier[cur][r];
-        const int32_t id = w.num[b]++;
-        const int64_t n = b * M + id;
-        const float lq = w.cand_lq[r * k + j];
-        w.node_tok[n] = w.cand_tok[r * k + j];
-        w.node_par[n] = parent;
-        w.node_q[n] = det::exp(lq);
-        w.node_cum[n] = det::add(w.node_cum[b * M + parent], lq);
-        if (f_out < Fn) w.frontier[nxt][b * Fn + f_out] = id;
-        ++f_out;
-      }
-      w.count[nxt][b] = f_out < Fn ? f_out : int32_t(Fn);
-    }
-    __syncthreads();
+    w.num[b] = n;
+    range[0] = begin;
+    range[1] = n;
   }
-  if (n_slots == 0 && threadIdx.x == 0) w.count[1 - cur][b] = 0;
+  __syncthreads();
+  if (last) return;
+  const int32_t begin = range[0], end = range[1], beam = int32_t(F);
+  for (int32_t c = begin + int32_t(threadIdx.x); c < end; c += int32_t(blockDim.x))
+    keep[c] = rank_within(score, begin, end, c, beam) < beam;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t f = 0;
+    for (int32_t c = begin; c < end && f < beam; ++c) {
+      if (!keep[c]) continue;
+      w.frontier[b * F + f++] = c;
+      w.node_state[b * Pmax + c] = w.num_states[b]++;
+    }
+    w.count[b] = f;
+  }
 }
 
-__global__ void emit_kernel(RolloutParams p, Workspace w, int64_t M) {
+// One block per request: the budget selection (rank_within) and the tree layout (emit_tree).
+__global__ void select_emit_kernel(RolloutParams p, Workspace w, int64_t Pmax, int64_t M) {
+  const int64_t b = blockIdx.x;
+  const int32_t n = w.num[b];
+  const float* score = w.node_score + b * Pmax;
+  uint8_t* keep = w.keep + b * Pmax;
+  for (int32_t c = int32_t(threadIdx.x); c < n; c += int32_t(blockDim.x))
+    keep[c] = rank_within(score, 0, n, c, int32_t(M)) < int32_t(M);
+  __syncthreads();
+  if (threadIdx.x == 0)
+    p.num_nodes[b] = emit_tree(w.node_tok + b * Pmax, w.node_par + b * Pmax, w.node_q + b * Pmax, keep, n,
+                               int32_t(M), w.out_id + b * Pmax, p.tokens + b * M, p.parents + b * M,
+                               p.q + b * M, w.source + b * M);
+}
+
+__global__ void emit_chain_kernel(RolloutParams p, Workspace w, int64_t Pmax) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= p.B) return;
-  const int32_t num = w.num[b];
-  if (p.tree) {
-    for (int64_t n = 0; n < M; ++n) {
-      const bool used = n < num;
-      p.tokens[b * M + n] = used ? w.node_tok[b * M + n] : -1;
-      p.parents[b * M + n] = used ? w.node_par[b * M + n] : -1;
-      p.q[b * M + n] = used ? w.node_q[b * M + n] : 0.0f;
-    }
-    p.num_nodes[b] = num;
-  } else {
-    for (int64_t i = 1; i <= p.depth; ++i) {
-      const bool used = i < num;
-      p.tokens[b * p.depth + i - 1] = used ? w.node_tok[b * M + i] : -1;
-      p.q[b * p.depth + i - 1] = used ? w.node_q[b * M + i] : 0.0f;
-    }
+  emit_chain(w.node_tok + b * Pmax, w.node_q + b * Pmax, w.num[b], p.depth, p.tokens + b * p.depth,
+             p.q + b * p.depth);
+}
+
+// Tree q rows: output node j of request b gets its pool node's expansion row, or zeros.
+__global__ void tree_q_rows_kernel(RolloutParams p, Workspace w, int64_t Pmax, int64_t Smax, int64_t M) {
+  for (int64_t o = blockIdx.y; o < p.B * M; o += gridDim.y) {  // o = b * M + j
+    const int64_t b = o / M;
+    const int32_t c = w.source[o];
+    const int32_t st = c >= 0 ? w.node_state[b * Pmax + c] : -1;
+    const float* src = st >= 0 ? w.tree_q + (b * Smax + st) * p.V : nullptr;
+    float* dst = p.q_rows + o * p.V;
+    for (int64_t v = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; v < p.V; v += int64_t(gridDim.x) * blockDim.x)
+      dst[v] = src ? src[v] : 0.0f;
   }
 }
 
@@ -550,53 +585,62 @@ struct Runner {
     gemv_kernel<T><<<grid, kThreads, 0, s>>>(static_cast<const T*>(W), ldw, col, K, nrows, X, A, map, Y, ldy);
   }
 
-  // States of the nodes in frontier slot set `cur` (capacity F per request).
-  void grow(int cur, int64_t F) {
-    const int64_t R = d.B * F;
-    row_map_kernel<<<unsigned((R + 255) / 256), 256, 0, s>>>(w.frontier[cur], w.count[cur], w.row_map, d.B, F, d.M);
+  void map_rows() {
+    row_map_kernel<<<unsigned((d.R + 255) / 256), 256, 0, s>>>(w, d.B, d.F, d.Pmax, d.Smax);
+  }
+
+  // States of the beam nodes (row_map / state_map current).
+  void grow() {
+    const int64_t R = d.R;
     if (!p.gru_table) {
       gather_token_rows_kernel<<<unsigned(R), 256, 0, s>>>(p.embedding, p.wdtype, d.H, d.V, w.row_map, w.node_tok, w.X);
       gemv(p.w_ih, d.H, 0, d.H, d.G3, w.X, R, nullptr, w.gi, d.G3);
     }
     gru_cell_kernel<T><<<dim3(unsigned(R), unsigned((d.G + 255) / 256)), 256, 0, s>>>(
-        w.row_map, w, static_cast<const T*>(p.gru_table), w.gi, d.G, d.E, d.HG, d.M, d.V, p.wdtype);
-    gather_h_kernel<<<unsigned(R), 256, 0, s>>>(w.row_map, w.node_h, d.G, w.X);
-    gemv(p.w1, d.H + d.G, d.H, d.G, d.E, w.X, R, w.row_map, w.node_hg, d.HG);
-    gemv(p.w_hh, d.G, 0, d.G, d.G3, w.X, R, w.row_map, w.node_hg + d.E, d.HG);
+        w.row_map, w.state_map, w, static_cast<const T*>(p.gru_table), w.gi, d.G, d.E, d.HG, d.Pmax,
+        d.Smax, d.V, p.wdtype);
+    gather_h_kernel<<<unsigned(R), 256, 0, s>>>(w.state_map, w.node_h, d.G, w.X);
+    gemv(p.w1, d.H + d.G, d.H, d.G, d.E, w.X, R, w.state_map, w.node_hg, d.HG);
+    gemv(p.w_hh, d.G, 0, d.G, d.G3, w.X, R, w.state_map, w.node_hg + d.E, d.HG);
   }
 
   void run() {
-    init_kernel<<<unsigned((d.B + 127) / 128), 128, 0, s>>>(p, w, d.M);
+    init_kernel<<<unsigned((d.B + 127) / 128), 128, 0, s>>>(p, w, d.Pmax, d.F);
+    map_rows();
     const bool need_gru = d.N > d.P;
     const int64_t per = d.N - d.P;
     if (need_gru) {
       gather_zz_kernel<<<unsigned(d.B * per), 256, 0, s>>>(p, w.X, per);
       gemv(p.w1, d.H + d.G, 0, d.H, d.E, w.X, d.B * per, nullptr, w.zp, d.E);
-      grow(0, 1);
+      grow();
     }
-    int cur = 0;
-    int64_t F = 1;
+    const int64_t R = d.R;
     for (int32_t dd = 0; dd < int32_t(d.N); ++dd) {
       const int32_t i = dd + 1;
-      const int64_t R = d.B * F;
-      const int64_t Fn = (F * p.topk < p.budget) ? F * p.topk : p.budget;
-      LevelArgs L{i, F, i > d.P, i > d.P && p.shortlist != nullptr && !p.tree};
-      row_map_kernel<<<unsigned((R + 255) / 256), 256, 0, s>>>(w.frontier[cur], w.count[cur], w.row_map, d.B, F, d.M);
-      if (L.corrected) m_kernel<<<unsigned(R), 256, 0, s>>>(w.row_map, w, F, d.E, d.HG, per, i - d.P - 1, p.wdtype);
+      const bool last = i == int32_t(d.N);
+      LevelArgs L{i, d.F, d.Pmax, i > d.P, i > d.P && p.shortlist != nullptr && !p.tree};
+      if (L.corrected) m_kernel<<<unsigned(R), 256, 0, s>>>(w.state_map, w, d.F, d.E, d.HG, per, i - d.P - 1, p.wdtype);
       if (p.q_rows && L.use_shortlist)
-        q_rows_kernel<<<dim3(64, unsigned(R)), 256, 0, s>>>(p, w, F, i, true);
+        q_rows_kernel<<<dim3(64, unsigned(R)), 256, 0, s>>>(p, w, d.F, i, true);
       const int64_t ncols = L.use_shortlist ? p.num_candidates : d.V;
       const int64_t nparts = (ncols + kRowsPerCta - 1) / kRowsPerCta;
       score_kernel<T><<<dim3(unsigned(nparts), L.use_shortlist ? unsigned(R) : 1u), kThreads, 0, s>>>(
           p, w, L, R, ncols);
       merge_kernel<<<unsigned(R), kMergeThreads, 0, s>>>(p, w, R, nparts);
-      if (p.q_rows) q_rows_kernel<<<dim3(64, unsigned(R)), 256, 0, s>>>(p, w, F, i, false);
-      select_kernel<<<unsigned(d.B), 128, 0, s>>>(p, w, F, Fn, cur, d.M);
-      cur = 1 - cur;
-      F = Fn;
-      if (need_gru && i < d.N) grow(cur, F);
+      if (p.q_rows) q_rows_kernel<<<dim3(64, unsigned(R)), 256, 0, s>>>(p, w, d.F, i, false);
+      level_kernel<<<unsigned(d.B), 128, 0, s>>>(p, w, d.F, d.Pmax, last);
+      if (last) break;
+      map_rows();
+      if (need_gru) grow();
     }
-    emit_kernel<<<unsigned((d.B + 127) / 128), 128, 0, s>>>(p, w, d.M);
+    if (p.tree) {
+      select_emit_kernel<<<unsigned(d.B), 128, 0, s>>>(p, w, d.Pmax, d.M);
+      if (p.q_rows)
+        tree_q_rows_kernel<<<dim3(64, unsigned(d.B * d.M < kCudaMaxRows ? d.B * d.M : kCudaMaxRows)), 256, 0, s>>>(
+            p, w, d.Pmax, d.Smax, d.M);
+    } else {
+      emit_chain_kernel<<<unsigned((d.B + 127) / 128), 128, 0, s>>>(p, w, d.Pmax);
+    }
   }
 };
 
@@ -610,7 +654,7 @@ size_t rollout_cuda_workspace_bytes(const RolloutParams& p) {
 
 int rollout_cuda(const RolloutParams& p, void* workspace, void* stream) {
   if (p.B == 0) return int(cudaSuccess);
-  if (p.E > kCudaMaxE || p.B * max_frontier(p) > kCudaMaxRows) return int(cudaErrorInvalidValue);
+  if (p.E > kCudaMaxE || p.B * beam_width(p) > kCudaMaxRows) return int(cudaErrorInvalidValue);
   const Workspace w = layout(p, workspace, nullptr);
   const Dims d = dims(p);
   cudaStream_t s = static_cast<cudaStream_t>(stream);

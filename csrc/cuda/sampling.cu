@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   for (int64_t v = lo; v < hi; ++v) mine += kept_mass(row, v, rp, m, floor_key);
   unsigned long long total;
   const unsigned long long before = cuda::block_exclusive_scan_u64(mine, red_u64, &total);
-  const uint64_t r = mass_rank(row_u64(rp.seed, rp.offset), total);
+  const uint64_t r = drawn_rank(rp.seed, rp.offset, total);
   if (before <= r && r < before + mine) {  // exactly one thread owns the drawn rank
     uint64_t prefix = before;
     for (int64_t v = lo; v < hi; ++v) {

@@ -1,5 +1,7 @@
-"""Parse Hugging Face Qwen3 ``config.json`` files (transformers 4 and 5 forms) and the
-DFlash/Domino draft config (``dflash_config``, spec §7.1)."""
+"""The schemas of Hugging Face Qwen3 ``config.json`` files (read in transformers 4 and 5 forms,
+written in the transformers 4 form) and of the DFlash/Domino draft config (``dflash_config``,
+spec §7.1). Each dataclass owns its format in both directions: ``from_dict`` reads what
+``to_dict`` writes (and the published variants), so the loader and the trainer share one schema."""
 from __future__ import annotations
 
 import json
@@ -12,6 +14,21 @@ import torch
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "float": torch.float32}
+
+
+# What a draft's context feature for the target's last layer L-1 is (``target_layer_ids``
+# containing L-1). FINAL_NORM: the final norm's output, HF ``hidden_states[L]``, as the training
+# reference builds it (SpecForge: ``hidden_states[id + 1]``). RESIDUAL: the raw residual stream of
+# layer L-1, as vLLM 0.32 feeds it. Other layers' features are the same under both.
+FINAL_NORM = "final_norm"
+RESIDUAL = "residual"
+LAST_LAYER_FEATURES = (FINAL_NORM, RESIDUAL)
+
+
+def check_last_layer_feature(value, name: str = "last_layer_feature") -> str:
+    if value not in LAST_LAYER_FEATURES:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, LAST_LAYER_FEATURES))}, got {value!r}")
+    return value
 
 
 class CheckpointError(ValueError):
@@ -49,6 +66,11 @@ def _rope_theta(cfg: dict, path: str) -> float:
     if theta is None:
         raise CheckpointError(f"{path}: neither 'rope_theta' nor 'rope_parameters.rope_theta' is set")
     return float(theta)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The ``config.json`` spelling of a weight dtype."""
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
 
 
 def _ids(value) -> list[int]:
@@ -102,6 +124,25 @@ class Qwen3Config:
             bos_token_id=cfg.get("bos_token_id"),
         )
 
+    def to_dict(self) -> dict:
+        """The Hugging Face ``config.json`` fields of this shape (transformers 4 form, default
+        RoPE, no sliding window); ``eos_token_id`` is a single id when there is one."""
+        eos = self.eos_token_ids
+        return {
+            "model_type": "qwen3", "num_hidden_layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+            "hidden_act": "silu", "attention_bias": False, "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta, "rope_scaling": None,
+            "max_position_embeddings": self.max_position_embeddings,
+            "layer_types": ["full_attention"] * self.num_hidden_layers, "use_sliding_window": False,
+            "sliding_window": None, "vocab_size": self.vocab_size,
+            "tie_word_embeddings": self.tie_word_embeddings, "dtype": dtype_name(self.dtype),
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": (eos[0] if len(eos) == 1 else list(eos)) if eos else None,
+        }
+
     @classmethod
     def from_dir(cls, directory: str) -> "Qwen3Config":
         cfg = cls.from_dict(read_json(os.path.join(directory, "config.json")),
@@ -124,7 +165,8 @@ def build_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> lis
 
 @dataclass
 class DraftConfig:
-    """A DFlash draft (``projector_type`` None) or a Domino draft (``domino``/``causal_v5``)."""
+    """A DFlash draft (``projector_type`` None) or a Domino draft (``domino``/``causal_v5``).
+    ``layers`` is the backbone's Qwen3 shape; heads, vocabulary and hidden size follow the target."""
 
     layers: Qwen3Config
     block_size: int
@@ -135,6 +177,8 @@ class DraftConfig:
     shift_label: bool
     emb_dim: Optional[int]
     gru_hidden_dim: Optional[int]
+    num_target_layers: Optional[int] = None
+    last_layer_feature: str = FINAL_NORM  # see FINAL_NORM / RESIDUAL above
 
     @property
     def has_head(self) -> bool:
@@ -173,9 +217,36 @@ class DraftConfig:
             raise CheckpointError(f"{path}: dflash_config.mask_token_id is missing")
         if proj is not None and (emb_dim is None or gru is None):
             raise CheckpointError(f"{path}: a Domino draft needs dflash_config.emb_dim and gru_hidden_dim")
+        last = dfc.get("last_layer_feature", FINAL_NORM)
+        if last not in LAST_LAYER_FEATURES:
+            raise CheckpointError(f"{path}: dflash_config.last_layer_feature {last!r} is not one of "
+                                  f"{', '.join(map(repr, LAST_LAYER_FEATURES))}")
         return cls(layers=layers, block_size=int(cfg.get("block_size", 16)),
                    target_layer_ids=[int(i) for i in ids], mask_token_id=int(mask),
                    projector_type=proj, pure_draft_prefix_len=int(dfc.get("pure_draft_prefix_len", 1)),
                    shift_label=bool(dfc.get("shift_label", False)),
                    emb_dim=None if emb_dim is None else int(emb_dim),
-                   gru_hidden_dim=None if gru is None else int(gru))
+                   gru_hidden_dim=None if gru is None else int(gru), num_target_layers=n_target,
+                   last_layer_feature=last)
+
+    def to_dict(self) -> dict:
+        """The draft's ``config.json`` in the public format (spec §7.1): the backbone's Qwen3 fields,
+        ``block_size``, ``num_target_layers`` and ``dflash_config``; a Domino draft also repeats
+        ``emb_dim`` at the top level, as the published configs do."""
+        dfc = {"target_layer_ids": list(self.target_layer_ids), "mask_token_id": self.mask_token_id,
+               "shift_label": self.shift_label}
+        if self.has_head:
+            dfc.update({"projector_type": self.projector_type,
+                        "pure_draft_prefix_len": self.pure_draft_prefix_len,
+                        "emb_dim": self.emb_dim, "gru_hidden_dim": self.gru_hidden_dim})
+        if self.last_layer_feature != FINAL_NORM:  # absent means the reference meaning
+            dfc["last_layer_feature"] = self.last_layer_feature
+        cfg = {"architectures": ["DominoDraftModel" if self.has_head else "DFlashDraftModel"],
+               "model_type": "qwen3", "block_size": self.block_size}
+        if self.num_target_layers is not None:
+            cfg["num_target_layers"] = self.num_target_layers
+        cfg.update(self.layers.to_dict())
+        cfg["dflash_config"] = dfc
+        if self.has_head:
+            cfg["emb_dim"] = self.emb_dim
+        return cfg

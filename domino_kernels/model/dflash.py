@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import kernels
-from .config import CheckpointError, DraftConfig
-from .kernels import DominoHeadWeights, map_head
+from .. import ops
+from ..ops import DominoHeadWeights
+from .config import CheckpointError, DraftConfig, check_last_layer_feature
 from .loading import TensorSource, read_state_dict
 from .qwen3 import PagedKVCache, Qwen3, Qwen3Layer, Rope, layer_attention, layer_mlp, load_layer, rms_norm
 
@@ -57,13 +57,10 @@ class DraftModel:
         ctx = rms_norm(F.linear(feats, self.fc), self.hidden_norm, c.rms_norm_eps)
         cos, sin = self.rope.cos_sin(positions, ctx.dtype)
         d, nq, nkv = c.head_dim, c.num_attention_heads, c.num_key_value_heads
-        block_table, kv_lens = cache.block_table[rows], cache.lens[rows]
-        for i, layer in enumerate(self.layers):
-            kv = F.linear(ctx, layer.w_qkv[nq * d:])
-            k, v = kv.split([nkv * d, nkv * d], dim=-1)
+        for layer, view in zip(self.layers, cache.layer_views(rows, q_cu_lens)):
+            k, v = F.linear(ctx, layer.w_qkv[nq * d:]).split([nkv * d, nkv * d], dim=-1)
             k = Rope.apply(rms_norm(k.view(-1, nkv, d), layer.k_norm, c.rms_norm_eps), cos, sin)
-            kernels.append_kv(k, v.reshape(-1, nkv, d), cache.k[i], cache.v[i], block_table, kv_lens,
-                              q_cu_lens)
+            view.append(k, v.reshape(-1, nkv, d))
         cache.commit(rows, q_cu_lens[1:] - q_cu_lens[:-1] if commit_lens is None else commit_lens)
 
     def block_forward(self, anchor: torch.Tensor, embed: torch.Tensor, cache: PagedKVCache,
@@ -75,15 +72,13 @@ class DraftModel:
         b = anchor.shape[0]
         ids = torch.full((b, bs), self.cfg.mask_token_id, dtype=torch.int64, device=anchor.device)
         ids[:, 0] = anchor
-        block_table, kv_lens = cache.block_table[rows], cache.lens[rows]
-        first = kv_lens if start is None else start
+        first = cache.lens[rows] if start is None else start
         positions = (first.long()[:, None] + torch.arange(bs, device=anchor.device)).reshape(-1)
         cu = torch.arange(0, (b + 1) * bs, bs, dtype=torch.int32, device=anchor.device)
         cos, sin = self.rope.cos_sin(positions, embed.dtype)
         x = embed[ids.reshape(-1)]
-        for i, layer in enumerate(self.layers):
-            x = layer_attention(layer, c, x, cos, sin, cache.k[i], cache.v[i], block_table, kv_lens, cu,
-                                "full", None)
+        for layer, view in zip(self.layers, cache.layer_views(rows, cu, mode="full")):
+            x = layer_attention(layer, c, x, cos, sin, view)
             x = x + layer_mlp(layer, rms_norm(x, layer.post_norm, c.rms_norm_eps))
         return rms_norm(x, self.norm, c.rms_norm_eps).view(b, bs, -1)
 
@@ -92,7 +87,7 @@ class DraftModel:
         step then gathers a row instead of streaming ``w_ih`` (about 1.3x faster rollout on a GPU).
         Rounding of the table may change a draft token at a near tie; never the output."""
         if self.head is not None and self.gru_table is None:
-            self.gru_table = kernels.build_gru_table(target.embed, self.head.w_ih)
+            self.gru_table = ops.build_gru_table(target.embed, self.head.w_ih)
 
     def use_packed_w2(self) -> None:
         """On a CPU with AVX512_BF16, keep a packed copy of the bf16 ``embed_proj.2`` weight (the
@@ -103,7 +98,7 @@ class DraftModel:
         head = self.head
         if (head is not None and self.w2_packed is None and _C.CPU_PACKED_W2
                 and head.w2.device.type == "cpu" and head.w2.dtype == torch.bfloat16):
-            self.w2_packed = kernels.pack_w2(head.w2)
+            self.w2_packed = ops.pack_w2(head.w2)
 
     def proposal_hidden(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """The hidden that predicts proposal i = 1..n: slot i-1 with shift_label, else slot i (§3.2)."""
@@ -117,7 +112,7 @@ class DraftModel:
         base = F.linear(self.proposal_hidden(z, n), target.lm_head).float()
         if self.head is None:
             return base.argmax(-1)
-        tokens, _, _ = kernels.domino_rollout(
+        tokens, _, _ = ops.domino_rollout(
             z, base, anchor, self.head, target.embed, num_proposals=n,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
             gru_table=self.gru_table, w2_packed=self.w2_packed)
@@ -131,7 +126,7 @@ class DraftModel:
         Domino head the rollout runs with the rank-1 zero head, so q is the DFlash base softmax."""
         base = F.linear(self.proposal_hidden(z, n), target.lm_head).float()
         head = self.head if self.head is not None else self._zero_head(target)
-        tokens, _, q_rows = kernels.domino_rollout(
+        tokens, _, q_rows = ops.domino_rollout(
             z, base, anchor, head, target.embed, num_proposals=n,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
             temperature=temperature, seed=seed, offset=offset, return_q_rows=True,
@@ -146,12 +141,28 @@ class DraftModel:
         depth = min(budget, self.max_proposals())
         base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
         head = self.head if self.head is not None else self._zero_head(target)
-        tokens, parents, _, num = kernels.domino_tree_rollout(
+        tokens, parents, _, num, _ = ops.domino_tree_rollout(
             z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
             gru_table=self.gru_table if self.head is not None else None,
             w2_packed=self.w2_packed if self.head is not None else None)
         return tokens, parents, num
+
+    def sample_tree(self, z, anchor, target: Qwen3, topk: int, budget: int, temperature: torch.Tensor,
+                    seed: torch.Tensor, offset: torch.Tensor):
+        """A sampled draft tree (each expanded node's children drawn by Gumbel-top-k from its q: a
+        sample without replacement) and the q rows they were drawn from:
+        ``(tokens, parents, num_nodes, q_rows [B, budget+1, V] fp32)``, in verify's layout."""
+        depth = min(budget, self.max_proposals())
+        base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
+        head = self.head if self.head is not None else self._zero_head(target)
+        tokens, parents, _, num, q_rows = ops.domino_tree_rollout(
+            z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
+            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
+            temperature=temperature, seed=seed, offset=offset, return_q_rows=True,
+            gru_table=self.gru_table if self.head is not None else None,
+            w2_packed=self.w2_packed if self.head is not None else None)
+        return tokens, parents, num, q_rows
 
     def _zero_head(self, target: Qwen3):
         if getattr(self, "_zero", None) is None:
@@ -181,9 +192,16 @@ def check_pair(draft_cfg: DraftConfig, target: Qwen3, where: str) -> None:
         raise CheckpointError(f"{where}: block_size {d.block_size} must be at least 2")
 
 
-def load_draft(directory: str, target: Qwen3, dtype: Optional[torch.dtype] = None) -> DraftModel:
-    """Load a DFlash or Domino draft directory for ``target`` (whose embedding and lm_head it uses)."""
+def load_draft(directory: str, target: Qwen3, dtype: Optional[torch.dtype] = None, *,
+               last_layer_feature: Optional[str] = None) -> DraftModel:
+    """Load a DFlash or Domino draft directory for ``target`` (whose embedding and lm_head it uses).
+
+    ``last_layer_feature`` overrides the config's meaning of a feature of the target's last layer
+    (``"final_norm"``, the default and the training reference, or ``"residual"``, vLLM 0.32's; see
+    ``model.config``). It matters only when ``target_layer_ids`` contains that layer."""
     cfg = DraftConfig.from_dir(directory)
+    if last_layer_feature is not None:
+        cfg.last_layer_feature = check_last_layer_feature(last_layer_feature, "argument 'last_layer_feature'")
     check_pair(cfg, target, directory)
     return draft_from_state(cfg, read_state_dict(directory, dtype or target.dtype), target, directory)
 
@@ -208,5 +226,5 @@ def draft_from_state(cfg: DraftConfig, state: dict, target: Qwen3, where: str) -
     src.check_all_used(ignore=("rotary_emb.inv_freq",))
     to = lambda t: t.to(device=target.device, dtype=target.dtype)  # noqa: E731
     layers = [Qwen3Layer(**{k: to(getattr(l, k)) for k in l.__dataclass_fields__}) for l in layers]
-    head = None if head is None else map_head(to, head)
+    head = None if head is None else DominoHeadWeights(*map(to, head.tensors()))
     return DraftModel(cfg, to(fc), to(hidden_norm), layers, to(norm), head)

@@ -2,9 +2,14 @@
 
 Tokens of a batch are packed (``[total, ...]``) with ``q_cu_lens`` marking each request's new
 tokens; every layer appends its K/V with ``append_kv`` and attends with ``tree_attention`` (causal
-for prefill, chain verify and plain decoding, tree for tree verify). The residual-stream outputs of
-``capture_layers`` are returned concatenated (spec §2.1: the output of 0-based layer ``i`` is
-Hugging Face ``hidden_states[i + 1]``), which is what the draft consumes as context.
+for prefill, chain verify and plain decoding, tree for tree verify). The features of
+``capture_layers`` are returned concatenated in that order: what the draft consumes as context.
+
+Feature of 0-based layer ``i`` = Hugging Face ``hidden_states[i + 1]`` (spec §2.1), the training
+reference's definition (SpecForge's ``extract_context_feature``). For ``i < L-1`` that is the
+residual-stream output of layer ``i``; for the last layer ``i = L-1`` it is the output of the
+*final norm* (HF's ``hidden_states[L]``), unless ``last_layer_feature = "residual"`` asks for
+the raw residual stream of layer ``L-1`` (what vLLM 0.32's DFlash path feeds).
 """
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import kernels
-from .config import Qwen3Config
+from .. import ops
+from .config import FINAL_NORM, Qwen3Config
 from .loading import TensorSource, read_state_dict
 
 
@@ -34,10 +39,16 @@ class Rope:
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
         self.inv_freq = (1.0 / (theta ** exponent)).to(device)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+    def angles(self, positions: torch.Tensor):
+        """fp32 ``cos, sin`` of shape ``positions.shape + (head_dim,)``."""
+        freqs = positions.float()[..., None] * self.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+        return emb.cos(), emb.sin()
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
+        """``cos, sin [T, 1, head_dim]`` in ``dtype`` for packed tokens ``[T, heads, head_dim]``."""
+        cos, sin = self.angles(positions)
+        return cos.to(dtype)[:, None, :], sin.to(dtype)[:, None, :]
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -80,6 +91,37 @@ class PagedKVCache:
         dp, ds = bt.gather(1, (dst // ps)[:, None])[:, 0], dst % ps
         for cache in (self.k, self.v):
             cache[:, dp, ds] = cache[:, sp, ss].clone()
+
+    def layer_views(self, rows: torch.Tensor, q_cu_lens: torch.Tensor, mode: str = "causal",
+                    tree_mask: Optional[torch.Tensor] = None) -> list["LayerCache"]:
+        """One :class:`LayerCache` per layer for a forward of the new tokens of requests ``rows``."""
+        block_table, kv_lens = self.block_table[rows], self.lens[rows]
+        return [LayerCache(k, v, block_table, kv_lens, q_cu_lens, mode, tree_mask)
+                for k, v in zip(self.k, self.v)]
+
+
+@dataclass
+class LayerCache:
+    """One layer's K/V pages as seen by one forward: the requests' ``block_table`` rows, their
+    committed ``kv_lens``, the packing of their new tokens (``q_cu_lens``) and how those attend
+    (``mode`` of ``tree_attention``, with ``tree_mask`` for ``"tree"``)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    block_table: torch.Tensor
+    kv_lens: torch.Tensor
+    q_cu_lens: torch.Tensor
+    mode: str = "causal"
+    tree_mask: Optional[torch.Tensor] = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write the new tokens' K/V past each request's committed length."""
+        ops.append_kv(k, v, self.k, self.v, self.block_table, self.kv_lens, self.q_cu_lens)
+
+    def attend(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """Attention of the new tokens' queries over committed + new K/V."""
+        return ops.tree_attention(q, self.k, self.v, self.block_table, self.kv_lens, self.q_cu_lens,
+                                  mode=self.mode, tree_mask=self.tree_mask, scale=scale)
 
 
 @dataclass
@@ -128,13 +170,12 @@ def layer_mlp(layer: Qwen3Layer, x: torch.Tensor) -> torch.Tensor:
     return F.linear(F.silu(gate) * up, layer.w_down)
 
 
-def layer_attention(layer, cfg, x, cos, sin, k_cache, v_cache, block_table, kv_lens, q_cu_lens,
-                    mode, tree_mask):
-    """The attention half of a decoder layer (residual added): new K/V appended to the cache."""
+def layer_attention(layer: Qwen3Layer, cfg: Qwen3Config, x: torch.Tensor, cos, sin,
+                    kv: LayerCache) -> torch.Tensor:
+    """The attention half of a decoder layer (residual added): new K/V appended to ``kv``."""
     q, k, v = layer_qkv(layer, cfg, rms_norm(x, layer.input_norm, cfg.rms_norm_eps), cos, sin)
-    kernels.append_kv(k, v, k_cache, v_cache, block_table, kv_lens, q_cu_lens)
-    o = kernels.tree_attention(q, k_cache, v_cache, block_table, kv_lens, q_cu_lens, mode=mode,
-                               tree_mask=tree_mask, scale=1.0 / math.sqrt(cfg.head_dim))
+    kv.append(k, v)
+    o = kv.attend(q, scale=1.0 / math.sqrt(cfg.head_dim))
     return x + F.linear(o.reshape(x.shape[0], -1), layer.w_o)
 
 
@@ -146,6 +187,7 @@ class Qwen3:
         self.cfg, self.embed, self.layers, self.norm, self.lm_head = cfg, embed, list(layers), norm, lm_head
         self.rope = Rope(cfg.head_dim, cfg.rope_theta, embed.device)
         self.capture_layers: list[int] = []
+        self.last_layer_feature: str = FINAL_NORM  # what a captured layer L-1 yields
 
     @property
     def device(self):
@@ -165,21 +207,27 @@ class Qwen3:
                 tree_mask: Optional[torch.Tensor] = None, logits_rows: Optional[torch.Tensor] = None):
         """Run packed new tokens of requests ``rows`` (cache row indices) on top of their committed
         KV. Returns ``(logits [n, V] fp32 for logits_rows (all tokens when None), features
-        [total, len(capture_layers) * H] or None)``. The cache's ``lens`` is not advanced."""
+        [total, len(capture_layers) * H] or None)``; the feature of layer ``L-1`` follows
+        ``last_layer_feature`` (module docstring). The cache's ``lens`` is not advanced."""
         cfg = self.cfg
-        block_table, kv_lens = cache.block_table[rows], cache.lens[rows]
+        views = cache.layer_views(rows, q_cu_lens, mode, tree_mask)
         cos, sin = self.rope.cos_sin(positions, self.dtype)
         x = self.embed[tokens]
         captured = {}
         for i, layer in enumerate(self.layers):
-            x = layer_attention(layer, cfg, x, cos, sin, cache.k[i], cache.v[i], block_table, kv_lens,
-                                q_cu_lens, mode, tree_mask)
+            x = layer_attention(layer, cfg, x, cos, sin, views[i])
             x = x + layer_mlp(layer, rms_norm(x, layer.post_norm, cfg.rms_norm_eps))
             if i in self.capture_layers:
                 captured[i] = x
+        last = len(self.layers) - 1
+        if last in captured and self.last_layer_feature == FINAL_NORM:
+            normed = rms_norm(x, self.norm, cfg.rms_norm_eps)  # HF hidden_states[L]
+            captured[last] = normed
+            h = normed if logits_rows is None else normed[logits_rows]
+        else:
+            h = rms_norm(x if logits_rows is None else x[logits_rows], self.norm, cfg.rms_norm_eps)
         feats = torch.cat([captured[i] for i in self.capture_layers], dim=-1) if captured else None
-        h = x if logits_rows is None else x[logits_rows]
-        logits = F.linear(rms_norm(h, self.norm, cfg.rms_norm_eps), self.lm_head).float()
+        logits = F.linear(h, self.lm_head).float()
         return logits, feats
 
 

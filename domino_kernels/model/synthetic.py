@@ -1,6 +1,7 @@
 """Deterministic tiny checkpoints in the published formats (a Hugging Face Qwen3 directory and a
-Domino draft directory), written without transformers. The demo uses them until the project's
-trained pair exists; the end-to-end benchmark uses them at chosen shapes."""
+Domino draft directory), written without transformers. The demo falls back to them when the build
+ships no trained pair (``domino_kernels.assets``); the end-to-end benchmark uses them at chosen
+shapes."""
 from __future__ import annotations
 
 import json

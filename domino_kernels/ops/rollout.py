@@ -87,15 +87,23 @@ def domino_tree_rollout(hidden: torch.Tensor, base_logits: torch.Tensor, anchor:
                         pure_prefix_len: int = 1, temperature: PerRow = None,
                         seed: PerRow = None, offset: PerRow = None,
                         gru_table: Optional[torch.Tensor] = None,
-                        w2_packed: Optional[torch.Tensor] = None):
-    """Tree rollout -> ``(tokens, parents [B, budget+1] int64, q [B, budget+1] fp32,
-    num_nodes [B] int64)`` in the verification layout: node 0 is the anchor (parent -1),
-    ``parents[i] < i``, padding nodes have token -1, parent -1, q 0. With ``topk = 1`` and greedy
-    drafting, ``tokens[:, 1:depth+1]`` equal the chain rollout's tokens."""
+                        w2_packed: Optional[torch.Tensor] = None, return_q_rows: bool = False):
+    """Dynamic tree rollout -> ``(tokens, parents [B, budget+1] int64, q [B, budget+1] fp32,
+    num_nodes [B] int64, q_rows [B, budget+1, V] fp32 or [0])`` in the verification layout: node 0
+    is the anchor (parent -1), ``parents[i] < i``, siblings contiguous in draw order, padding nodes
+    have token -1, parent -1, q 0.
+
+    Per depth (up to ``depth``) the ``topk`` best nodes of the newest depth are expanded into
+    their top-``topk`` children (Gumbel-top-k when sampled); the ``budget`` best of all generated
+    nodes are returned (rules in ``docs/rollout.md``). ``q_rows`` (on request) row n is the
+    distribution node n's children were drawn from (zeros where node n was not expanded): the
+    ``draft_probs`` of ``verify(rule="rejection_without_replacement")``. With ``topk = 1`` and
+    greedy drafting, ``tokens[:, 1:depth+1]`` equal the chain rollout's tokens."""
     temp, seed_t, offset_t = _sampling_args(temperature, seed, offset, hidden.shape[0], hidden.device)
     return torch.ops.domino.domino_tree_rollout(
         hidden, base_logits, anchor, *_head(head).tensors(), embedding, gru_table, bool(shift_label),
-        int(pure_prefix_len), int(topk), int(depth), int(budget), temp, seed_t, offset_t, w2_packed)
+        int(pure_prefix_len), int(topk), int(depth), int(budget), temp, seed_t, offset_t, w2_packed,
+        bool(return_q_rows))
 
 
 def build_gru_table(embedding: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
@@ -133,11 +141,12 @@ def _rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gr
 @torch.library.register_fake("domino::domino_tree_rollout")
 def _tree_rollout_fake(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table,
                        shift_label, pure_prefix_len, topk, depth, budget, temperature, seed,
-                       offset, w2_packed=None):
+                       offset, w2_packed=None, return_q_rows=False):
     torch._check(hidden.dim() == 3, lambda: "domino::domino_tree_rollout: argument 'hidden' must be 3-D")
-    B, M = hidden.shape[0], budget + 1
+    B, M, V = hidden.shape[0], budget + 1, w2.shape[0]
     return (hidden.new_empty((B, M), dtype=torch.int64), hidden.new_empty((B, M), dtype=torch.int64),
-            hidden.new_empty((B, M), dtype=torch.float32), hidden.new_empty((B,), dtype=torch.int64))
+            hidden.new_empty((B, M), dtype=torch.float32), hidden.new_empty((B,), dtype=torch.int64),
+            hidden.new_empty((B, M, V) if return_q_rows else (0,), dtype=torch.float32))
 
 
 @torch.library.register_fake("domino::build_gru_table")

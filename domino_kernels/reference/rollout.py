@@ -8,8 +8,9 @@ Three forms, written for clarity:
   the whole block of ids (anchor, drafts so far, mask ids), re-runs ``torch.nn.GRU`` over all of
   it and the full ``embed_proj`` head over every slot, and reads one row (``t - 1`` with
   shift_label, ``t`` without). O(N^2) GRU work, greedy only; it must agree token for token.
-* :func:`tree_rollout` expands the top-k children of every frontier node per depth, ranked by
-  cumulative log q within the budget (rules in ``docs/rollout.md``).
+* :func:`tree_rollout` is the dynamic tree: per depth the ``topk`` best nodes of the newest depth
+  (the beam) are expanded into their top-k children, and the ``budget`` best of all generated
+  nodes are returned (scores and order in ``docs/rollout.md`` and ``rollout.h``).
 
 Sampled rows draw Gumbel-max noise from the package's Philox contract (``philox.py``), so the
 kernels and this reference pick the same tokens for the same seeds.
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from . import philox
-from .numerics import det_log
+from .numerics import det_exp, det_log
 
 GUMBEL_MAX_NOISE = np.float32(16.7)
 
@@ -81,6 +82,16 @@ def _pick(logits: torch.Tensor, k: int, temperature: float, seed: int, offset: i
     return [(v, np.float32(logp[v].item())) for v in order]
 
 
+def _q_row(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The draft distribution of a score row: softmax(scores / T) (T = 1 greedy), NaN as -inf,
+    zeros when every score is -inf."""
+    clean = torch.where(torch.isnan(logits), torch.full_like(logits, -float("inf")), logits)
+    scaled = clean if not temperature > 0 else clean / np.float32(temperature)
+    if not bool((scaled > -float("inf")).any()):
+        return torch.zeros_like(logits)
+    return torch.softmax(scaled.double(), 0).float()
+
+
 def _zz(hidden_b: torch.Tensor, i: int, shift_label: bool) -> torch.Tensor:
     return hidden_b[i - 1] if shift_label else hidden_b[i]
 
@@ -133,10 +144,7 @@ def rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_tabl
                     logits = torch.where(keep, logits, torch.full_like(logits, -float("inf")))
             picked = _pick(logits, 1, T, sd, off, philox.stream_id(philox.DRAFT_CHAIN, i))
             if return_q_rows:
-                clean = torch.where(torch.isnan(logits), torch.full_like(logits, -float("inf")), logits)
-                scaled = clean if not T > 0 else clean / np.float32(T)
-                if bool((scaled > -float("inf")).any()):
-                    q_rows[b, i - 1] = torch.softmax(scaled.double(), 0).float()
+                q_rows[b, i - 1] = _q_row(logits, T)
             if not picked:
                 break
             y, lq = picked[0]
@@ -188,54 +196,94 @@ def rollout_quadratic(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding
     return tokens
 
 
+def _sanitize(x) -> np.float32:
+    x = np.float32(x)
+    return np.float32(-np.inf) if np.isnan(x) else x
+
+
+def child_scores(parent_acc, parent_score, sampled: bool, log_qs):
+    """(acc, score) of the children (rank order) of an expanded node (contract: ``child_scores``
+    in rollout.h). acc = path log-probability; score = acc (greedy) or, sampled, acc(parent) +
+    log(1 - q of the earlier siblings); both clamped to the parent's and the previous sibling's."""
+    prev, rem, out = np.float32(parent_score), np.float32(1), []
+    with np.errstate(all="ignore"):
+        for lq in log_qs:
+            lq = np.float32(lq)
+            a = min(np.float32(parent_acc), _sanitize(np.float32(parent_acc) + lq))
+            gain = np.float32(det_log(np.float32(rem if rem > 0 else 0))) if sampled else lq
+            sc = min(prev, _sanitize(np.float32(parent_acc) + gain))
+            out.append((a, sc))
+            prev = sc
+            rem = np.float32(rem - np.float32(det_exp(lq)))
+    return out
+
+
+def best(scores, limit: int, begin: int = 0) -> list:
+    """Pool indices of the best ``limit`` entries of ``scores[begin:]`` (larger score, then lower
+    index), in index order."""
+    idx = sorted(range(begin, len(scores)), key=lambda c: (-float(scores[c]), c))[:limit]
+    return sorted(idx)
+
+
 def tree_rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru_table=None, *,
                  shift_label: bool = True, pure_prefix_len: int = 1, topk: int, depth: int,
-                 budget: int, temperature=None, seed=None, offset=None):
-    """Reference of ``domino_tree_rollout``: (tokens, parents, q [B, budget+1], num_nodes [B])."""
+                 budget: int, temperature=None, seed=None, offset=None, return_q_rows: bool = False):
+    """Reference of ``domino_tree_rollout``: (tokens, parents, q [B, budget+1], num_nodes [B],
+    q_rows [B, budget+1, V] or [0])."""
     wdtype = w2.dtype
     hidden, base = _f32(hidden), _f32(base_logits)
     w_ih, w_hh, w1, w2, emb = map(_f32, (w_ih, w_hh, w1, w2, embedding))
     table = None if gru_table is None else _f32(gru_table)
-    B, G, M = hidden.shape[0], w_hh.shape[1], budget + 1
+    B, G, M, V = hidden.shape[0], w_hh.shape[1], budget + 1, w2.shape[0]
     P = min(pure_prefix_len, depth)
     tokens = torch.full((B, M), -1, dtype=torch.int64)
     parents = torch.full((B, M), -1, dtype=torch.int64)
     q = torch.zeros(B, M)
     num_nodes = torch.zeros(B, dtype=torch.int64)
+    q_rows = torch.zeros(B, M, V) if return_q_rows else torch.zeros(0)
     for b in range(B):
         T = 0.0 if temperature is None else float(temperature[b])
         sd = 0 if seed is None else int(seed[b])
         off = 0 if offset is None else int(offset[b])
-        tok, par, qs, cum = [int(anchor[b])], [-1], [1.0], [np.float32(0)]
-        hs = [_storage(gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), torch.zeros(G), w_hh), wdtype)]
+        # the candidate pool, in generation order (node 0 = the anchor)
+        tok, par, qs = [int(anchor[b])], [-1], [1.0]
+        acc, score = [np.float32(0)], [np.float32(0)]
+        hs = {0: _storage(gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), torch.zeros(G), w_hh), wdtype)}
+        rows = {}
         frontier = [0]
         for d in range(depth):
             i = d + 1
-            cands = []
+            level_begin = len(tok)
             for f in frontier:
                 logits = base[b, i - 1].clone()
                 if i > P:
                     logits = logits + _correction(w1, w2, _zz(hidden[b], i, shift_label), hs[f], wdtype)
-                stream = philox.stream_id(philox.DRAFT_TREE, f)
-                for rank, (y, lq) in enumerate(_pick(logits, topk, T, sd, off, stream)):
-                    cands.append((np.float32(cum[f] + lq), f, rank, y, lq))
-            remaining = budget - (len(tok) - 1)
-            cands.sort(key=lambda c: (-float(c[0]), c[1], c[2]))
-            kept = sorted(cands[:max(remaining, 0)], key=lambda c: (c[1], c[2]))
-            frontier = []
-            for c_cum, f, _, y, lq in kept:
-                tok.append(y)
-                par.append(f)
-                qs.append(float(np.exp(np.float64(lq))))
-                cum.append(c_cum)
-                hs.append(_storage(gru_cell(_gru_input(y, emb, w_ih, table), hs[f], w_hh), wdtype)
-                          if i < depth else None)
-                frontier.append(len(tok) - 1)
+                if return_q_rows:
+                    rows[f] = _q_row(logits, T)
+                picked = _pick(logits, topk, T, sd, off, philox.stream_id(philox.DRAFT_TREE, f))
+                scored = child_scores(acc[f], score[f], T > 0, [lq for _, lq in picked])
+                for (y, lq), (a, sc) in zip(picked, scored):
+                    tok.append(y)
+                    par.append(f)
+                    qs.append(float(np.exp(np.float64(lq))))
+                    acc.append(a)
+                    score.append(sc)
+            if i == depth:
+                break
+            frontier = best(score, topk, level_begin)
             if not frontier:
                 break
-        n = len(tok)
-        tokens[b, :n] = torch.tensor(tok)
-        parents[b, :n] = torch.tensor(par)
-        q[b, :n] = torch.tensor(qs, dtype=torch.float32)
+            for f in frontier:
+                hs[f] = _storage(gru_cell(_gru_input(tok[f], emb, w_ih, table), hs[par[f]], w_hh), wdtype)
+        kept = best(score, M)
+        out_id = {c: j for j, c in enumerate(kept)}
+        n = len(kept)
+        tokens[b, :n] = torch.tensor([tok[c] for c in kept])
+        parents[b, :n] = torch.tensor([out_id[par[c]] if c else -1 for c in kept])
+        q[b, :n] = torch.tensor([qs[c] for c in kept], dtype=torch.float32)
         num_nodes[b] = n
-    return tokens, parents, q, num_nodes
+        if return_q_rows:
+            for j, c in enumerate(kept):
+                if c in rows:
+                    q_rows[b, j] = rows[c]
+    return tokens, parents, q, num_nodes, q_rows

@@ -58,7 +58,7 @@ def stage_target(args, log):
     tok = tokenizer.load_tokenizer(tok_path)
     train, held = load_streams(args, tok)
     log(f"corpus: {train.numel()} training tokens, {held.numel()} held-out tokens")
-    shape = target.TargetShape(vocab_size=tok.get_vocab_size(), hidden_size=args.hidden,
+    shape = target.target_shape(vocab_size=tok.get_vocab_size(), hidden_size=args.hidden,
                                intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                                num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                                head_dim=args.head_dim)
@@ -104,7 +104,11 @@ def build_parser():
     g.add_argument("--draft-minutes", type=float, default=10.0,
                    help="time budget of the first drafter; the others get the same step count")
     g.add_argument("--draft-layers", type=int, default=1)
-    g.add_argument("--target-layer-ids", default="0,2,3")
+    g.add_argument("--target-layer-ids", default="0,1,2",
+                   help="target layers whose features the drafters read (comma list, 0-based)")
+    g.add_argument("--last-layer-feature", choices=["final_norm", "residual"], default="final_norm",
+                   help="feature of the target's last layer if listed: the final norm's output "
+                        "(HF hidden_states[L], the reference) or the raw residual stream (vLLM)")
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--gru-hidden", type=int, default=256)
     g.add_argument("--emb-dim", type=int, default=64)

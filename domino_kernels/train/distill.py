@@ -3,8 +3,10 @@
 Data: prompts are windows of the training corpus; the target continues each greedily. A block
 is anchored at a position ``a`` whose following tokens are all target-greedy continuation, so
 every label is what the target itself would emit after the committed prefix: exactly what a
-drafter is asked to predict at decode time. Context features are the outputs of the target's
-``target_layer_ids`` decoder layers (pre-final-norm residual stream, captured with hooks).
+drafter is asked to predict at decode time. Context features of ``target_layer_ids`` are
+Hugging Face ``hidden_states[id + 1]``, as in the training reference (SpecForge): the residual-stream
+output of layer ``id``, except that for the target's last layer it is the final norm's output
+(``last_layer_feature="residual"`` takes the raw residual stream there instead, vLLM's choice).
 
 Loss (Domino, shift_label=true): slot j of the block anchored at a predicts x[a+j+1];
 ``L = (1-λ)·CE(base + correction) + λ·CE(base)``, λ linear from 1 to 0 over the run (the
@@ -14,8 +16,8 @@ slot j predicts x[a+j] for j ≥ 1, slot 0 unsupervised, offset 1, loss CE(base)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +25,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .draft_model import DraftModel, DraftSpec, save_draft
+from ..model.config import FINAL_NORM, RESIDUAL, DraftConfig, Qwen3Config, check_last_layer_feature
+from .draft_model import DraftModel, save_draft
+from .schedule import Schedule, lr_at
 
 
 @dataclass
@@ -34,21 +38,25 @@ class DistillData:
     valid_len: torch.Tensor   # [N] tokens up to and including the first eos of the continuation
 
 
-def capture_features(target, ids: torch.Tensor, layer_ids) -> torch.Tensor:
-    """Concatenated outputs of the target's decoder layers ``layer_ids`` for ``ids [b, L]``."""
-    got = {}
-    hooks = []
-    for i in layer_ids:
-        def hook(_m, _inp, out, i=i):
-            got[i] = out[0] if isinstance(out, tuple) else out
-        hooks.append(target.model.layers[i].register_forward_hook(hook))
+def capture_features(target, ids: torch.Tensor, layer_ids, last_layer_feature: str = FINAL_NORM) -> torch.Tensor:
+    """Concatenated context features of ``layer_ids`` for ``ids [b, L]``: ``hidden_states[i + 1]``
+    of the target (for its last layer, the final norm's output), or for the last layer the raw
+    residual stream of that layer when ``last_layer_feature == "residual"``."""
+    check_last_layer_feature(last_layer_feature)
+    last = target.config.num_hidden_layers - 1
+    raw = {}
+    hook = None
+    if last_layer_feature == RESIDUAL and last in layer_ids:
+        def keep(_m, _inp, out):
+            raw[last] = out[0] if isinstance(out, tuple) else out
+        hook = target.model.layers[last].register_forward_hook(keep)
     try:
         with torch.no_grad():
-            target.model(input_ids=ids)
+            states = target.model(input_ids=ids, output_hidden_states=True).hidden_states
     finally:
-        for h in hooks:
-            h.remove()
-    return torch.cat([got[i] for i in layer_ids], dim=-1)
+        if hook is not None:
+            hook.remove()
+    return torch.cat([raw[i] if i in raw else states[i + 1] for i in layer_ids], dim=-1)
 
 
 @torch.no_grad()
@@ -73,7 +81,8 @@ def greedy_continue(target, prompts: torch.Tensor, new_tokens: int, eos_id: int)
 
 
 def build_distill_data(target, stream: torch.Tensor, layer_ids, *, n_prompts: int, prompt_len: int,
-                       new_tokens: int, seed: int, eos_id: int, batch: int = 64, log=print) -> DistillData:
+                       new_tokens: int, seed: int, eos_id: int, batch: int = 64, log=print,
+                       last_layer_feature: str = FINAL_NORM) -> DistillData:
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, stream.numel() - prompt_len, (n_prompts,), generator=gen)
     prompts = stream[starts[:, None] + torch.arange(prompt_len)].long()
@@ -82,7 +91,7 @@ def build_distill_data(target, stream: torch.Tensor, layer_ids, *, n_prompts: in
     for i in range(0, n_prompts, batch):
         seq = greedy_continue(target, prompts[i:i + batch], new_tokens, eos_id)
         toks.append(seq)
-        feats.append(capture_features(target, seq, layer_ids).to(torch.bfloat16))
+        feats.append(capture_features(target, seq, layer_ids, last_layer_feature).to(torch.bfloat16))
         log(f"distill data: {min(i + batch, n_prompts)}/{n_prompts} sequences "
             f"({time.perf_counter() - t0:.0f}s)")
     tokens = torch.cat(toks)
@@ -94,14 +103,12 @@ def build_distill_data(target, stream: torch.Tensor, layer_ids, *, n_prompts: in
 
 
 @dataclass
-class DraftRecipe:
-    batch: int = 16
-    anchors: int = 4
+class DraftRecipe(Schedule):
     lr: float = 2e-3
-    min_lr_ratio: float = 0.1
     warmup: int = 20
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    batch: int = 16
+    anchors: int = 4
     gamma: float = 7.0
     lambda_start: float = 1.0
     decay_ratio: float = 1.0
@@ -153,16 +160,9 @@ def lambda_at(step: int, steps: int, r: DraftRecipe) -> float:
     return max(0.0, r.lambda_start * (1 - step / span))
 
 
-def lr_at(step: int, steps: int, r: DraftRecipe) -> float:
-    if step < r.warmup:
-        return r.lr * (step + 1) / r.warmup
-    t = min(1.0, (step - r.warmup) / max(1, steps - r.warmup))
-    return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def draft_loss(model: DraftModel, data: DistillData, rows, anchors, lam: float, r: DraftRecipe):
     """The curriculum loss and per-path accuracies (weighted by validity only)."""
-    s = model.spec
+    s = model.cfg
     nb, shift = s.block_size, s.shift_label
     feats = data.feats[rows].float()
     anchor_ids = torch.gather(data.tokens[rows], 1, anchors)
@@ -173,7 +173,7 @@ def draft_loss(model: DraftModel, data: DistillData, rows, anchors, lam: float, 
     denom = w.sum().clamp(min=1e-6)
     ce_base = F.cross_entropy(base.flatten(0, 2), labels.flatten(), reduction="none").view_as(w)
     stats = {"acc_base": float(((base.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1))}
-    if not s.domino:
+    if not s.has_head:
         return (ce_base * w).sum() / denom, stats
     corr = model.correction(z, gru_inputs(data, rows, anchors, nb))
     prefix = torch.arange(nb) < s.pure_draft_prefix_len  # the first P slots use base logits only
@@ -190,8 +190,8 @@ def acceptance(model: DraftModel, data: DistillData, max_rows: int = 128, anchor
     """Held-out estimate of τ (accepted proposals + 1 per greedy block) with the real rollout
     (realized draft tokens feed the GRU), capped by the continuation length."""
     model.eval()
-    s = model.spec
-    n = s.block_size if s.shift_label else s.block_size - 1
+    s = model.cfg
+    n = s.default_num_proposals
     gen = torch.Generator().manual_seed(seed)
     rows = torch.arange(min(max_rows, data.tokens.shape[0]))
     acc_lens, caps = [], []
@@ -218,7 +218,7 @@ def _optimizer(model, r: DraftRecipe):
 
 
 def _train_step(model, opt, data, rows, anchors, step, steps, r):
-    lam = lambda_at(step, steps, r) if model.spec.domino else 1.0
+    lam = lambda_at(step, steps, r) if model.cfg.has_head else 1.0
     for g in opt.param_groups:
         g["lr"] = lr_at(step, steps, r)
     loss, stats = draft_loss(model, data, rows, anchors, lam, r)
@@ -252,7 +252,7 @@ def train_draft(make_model, data: DistillData, held: DistillData, out_dir: str, 
     model = make_model()
     opt = _optimizer(model, r)
     gen = torch.Generator().manual_seed(seed)
-    kind = "domino" if model.spec.domino else "dflash"
+    kind = "domino" if model.cfg.has_head else "dflash"
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"draft {kind}: {n_params / 1e6:.2f} M trainable params, {steps} steps, "
         f"{r.batch} sequences x {r.anchors} anchors")
@@ -270,7 +270,7 @@ def train_draft(make_model, data: DistillData, held: DistillData, out_dir: str, 
     ev = acceptance(model, held)
     log(f"draft {kind} held-out: τ {ev['tau']:.3f} (cap {ev['max_tau']:.2f}) over {ev['blocks']} blocks")
     save_draft(model, out_dir)
-    meta = {"seed": seed, "steps": steps, "recipe": asdict(r), "spec": asdict(model.spec),
+    meta = {"seed": seed, "steps": steps, "recipe": asdict(r), "config": model.cfg.to_dict(),
             "trainable_params": n_params, "heldout": ev, "curve": curve,
             "train_seconds": time.perf_counter() - t0}
     with open(os.path.join(out_dir, "train_meta.json"), "w") as f:
@@ -278,31 +278,28 @@ def train_draft(make_model, data: DistillData, held: DistillData, out_dir: str, 
     return model, meta
 
 
-def make_spec(target_cfg, mask_id: int, *, domino: bool, layers: int, layer_ids, block: int,
-              gru: int, emb: int) -> DraftSpec:
-    rope = getattr(target_cfg, "rope_parameters", None) or {}
-    theta = rope.get("rope_theta", getattr(target_cfg, "rope_theta", 10000.0))
-    eos = target_cfg.eos_token_id
-    return DraftSpec(
-        vocab_size=target_cfg.vocab_size, hidden_size=target_cfg.hidden_size,
-        intermediate_size=target_cfg.intermediate_size, num_hidden_layers=layers,
-        num_attention_heads=target_cfg.num_attention_heads,
-        num_key_value_heads=target_cfg.num_key_value_heads, head_dim=target_cfg.head_dim,
-        target_layer_ids=list(layer_ids), num_target_layers=target_cfg.num_hidden_layers,
-        mask_token_id=mask_id, block_size=block, rope_theta=float(theta),
-        rms_norm_eps=target_cfg.rms_norm_eps, max_position_embeddings=target_cfg.max_position_embeddings,
-        domino=domino, emb_dim=emb, gru_hidden_dim=gru, bos_token_id=target_cfg.bos_token_id,
-        eos_token_id=eos)
+def make_draft_config(target_cfg, mask_id: int, *, domino: bool, layers: int, layer_ids, block: int,
+                      gru: int, emb: int, last_layer_feature: str = FINAL_NORM) -> DraftConfig:
+    """The drafter's config for a transformers target config: ``layers`` decoder layers of the
+    target's shape; a Domino head (public shift_label convention) or DFlash-only (spec §3.2)."""
+    shape = dataclasses.replace(Qwen3Config.from_dict(target_cfg.to_dict(), "the target's config"),
+                                num_hidden_layers=layers, tie_word_embeddings=False)
+    return DraftConfig(layers=shape, block_size=block, target_layer_ids=list(layer_ids),
+                       mask_token_id=mask_id, projector_type="domino" if domino else None,
+                       pure_draft_prefix_len=1, shift_label=domino, emb_dim=emb if domino else None,
+                       gru_hidden_dim=gru if domino else None,
+                       num_target_layers=target_cfg.num_hidden_layers,
+                       last_layer_feature=last_layer_feature)
 
 
-def model_factory(target, spec: DraftSpec, seed: int):
+def model_factory(target, cfg: DraftConfig, seed: int):
     state = {k: v for k, v in target.state_dict().items()}
     embed = target.model.embed_tokens.weight
     lm_head = target.lm_head.weight
 
     def make():
         torch.manual_seed(seed)
-        m = DraftModel(spec, embed, lm_head)
+        m = DraftModel(cfg, embed, lm_head)
         m.init_from_target(state, target.config.num_hidden_layers - 1)
         return m
     return make
@@ -323,7 +320,7 @@ def run_draft_stage(args, log) -> None:
     train_stream = corpus.encode_corpus(tok, corpus.corpus_files("train", limit=args.max_files), EOS_ID)
     held_stream = corpus.encode_corpus(tok, corpus.corpus_files("heldout", limit=args.max_files), EOS_ID)
     mk = dict(prompt_len=args.distill_prompt_len, new_tokens=args.distill_new_tokens, eos_id=EOS_ID,
-              batch=args.distill_batch, log=log)
+              batch=args.distill_batch, log=log, last_layer_feature=args.last_layer_feature)
     train = build_distill_data(target, train_stream, layer_ids, n_prompts=args.distill_prompts,
                                seed=args.seed, **mk)
     held = build_distill_data(target, held_stream, layer_ids, n_prompts=max(16, args.distill_prompts // 8),
@@ -333,11 +330,13 @@ def run_draft_stage(args, log) -> None:
     for kind in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if kind not in ("domino", "dflash"):
             raise ValueError(f"--variants: unknown drafter {kind!r} (expected domino or dflash)")
-        spec = make_spec(target.config, MASK_ID, domino=kind == "domino", layers=args.draft_layers,
-                         layer_ids=layer_ids, block=args.block_size, gru=args.gru_hidden, emb=args.emb_dim)
+        cfg = make_draft_config(target.config, MASK_ID, domino=kind == "domino",
+                                layers=args.draft_layers, layer_ids=layer_ids, block=args.block_size,
+                                gru=args.gru_hidden, emb=args.emb_dim,
+                                last_layer_feature=args.last_layer_feature)
         # Same budget for every variant: the step count timed for the first one (the same
         # batches and anchors, since the data generator is seeded identically).
-        _, meta = train_draft(model_factory(target, spec, args.seed), train, held,
+        _, meta = train_draft(model_factory(target, cfg, args.seed), train, held,
                               os.path.join(args.out, f"draft-{kind}"), seed=args.seed, steps=steps,
                               minutes=args.draft_minutes, recipe=recipe, log=log, log_every=args.log_every)
         steps = meta["steps"]

@@ -1,5 +1,7 @@
 """A trainable DFlash backbone (spec §2) with an optional Domino head (spec §3), and its writer in
-the public draft format (spec §7).
+the public draft format (spec §7). Its shape is the decode layer's ``DraftConfig`` (which owns the
+format in both directions), its RoPE the decode layer's ``Rope``, and its greedy proposals the
+reference rollout (``domino_kernels.reference.rollout``).
 
 Training runs many blocks of one sequence in one pass: the sequence's context features
 ``[S, nT*H]`` become per-layer context K/V once, and the ``A`` blocks (anchor + B-1 mask slots
@@ -9,67 +11,23 @@ FlexAttention). The target's embedding and lm_head are frozen buffers, never sav
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class DraftSpec:
-    """The drafter's shape. ``hidden_size``, heads and vocab follow the target."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    target_layer_ids: list
-    num_target_layers: int
-    mask_token_id: int
-    block_size: int = 16
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 2048
-    domino: bool = True              # False: DFlash-only (no head, shift_label=false)
-    emb_dim: int = 64
-    gru_hidden_dim: int = 256
-    pure_draft_prefix_len: int = 1
-    bos_token_id: Optional[int] = None
-    eos_token_id: Optional[int] = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def shift_label(self) -> bool:
-        """Domino drafts use the public Qwen3 convention (slot j predicts s+j+1); DFlash-only
-        drafts use DFlash's (slot j predicts s+j, slot 0 unused). Spec §3.2."""
-        return self.domino
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """Default RoPE, rotate-half form (as Hugging Face Qwen3), fp32 angles."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (theta ** exponent)
-    freqs = positions.float()[..., None] * inv_freq
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x [b, heads, n, d]``, ``cos/sin [b, n, d]``."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+from ..model.config import DraftConfig, Qwen3Config
+from ..model.qwen3 import Rope
+from ..reference.rollout import rollout as reference_rollout
 
 
 class Attention(nn.Module):
-    def __init__(self, s: DraftSpec):
+    """Attention of a draft layer; ``cos``/``sin`` arrive shaped ``[b, 1, n, d]`` (one head axis)."""
+
+    def __init__(self, s: Qwen3Config):
         super().__init__()
         h, d = s.hidden_size, s.head_dim
         self.nq, self.nkv, self.d = s.num_attention_heads, s.num_key_value_heads, d
@@ -86,13 +44,13 @@ class Attention(nn.Module):
 
     def context_kv(self, ctx, cos, sin):
         """K/V of context features: k_proj → k_norm → RoPE; v_proj; no input_layernorm (§2.2)."""
-        k = apply_rope(self.k_norm(self._heads(self.k_proj(ctx), self.nkv)), cos, sin)
+        k = Rope.apply(self.k_norm(self._heads(self.k_proj(ctx), self.nkv)), cos, sin)
         return k, self._heads(self.v_proj(ctx), self.nkv)
 
     def forward(self, u, cos, sin, kc, vc, mask):
         """Block queries ``u [b, n, H]`` (already input-normed) over ``[context ; block]`` keys."""
-        q = apply_rope(self.q_norm(self._heads(self.q_proj(u), self.nq)), cos, sin)
-        kb = apply_rope(self.k_norm(self._heads(self.k_proj(u), self.nkv)), cos, sin)
+        q = Rope.apply(self.q_norm(self._heads(self.q_proj(u), self.nq)), cos, sin)
+        kb = Rope.apply(self.k_norm(self._heads(self.k_proj(u), self.nkv)), cos, sin)
         vb = self._heads(self.v_proj(u), self.nkv)
         k, v = torch.cat([kc, kb], dim=2), torch.cat([vc, vb], dim=2)
         rep = self.nq // self.nkv
@@ -103,7 +61,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, s: DraftSpec):
+    def __init__(self, s: Qwen3Config):
         super().__init__()
         self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
         self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=False)
@@ -114,7 +72,9 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, s: DraftSpec):
+    """A Qwen3 decoder layer of shape ``s`` (a ``Qwen3Config``)."""
+
+    def __init__(self, s: Qwen3Config):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(s.hidden_size, eps=s.rms_norm_eps)
         self.self_attn = Attention(s)
@@ -139,21 +99,23 @@ def block_mask(anchors: torch.Tensor, ctx_len: int, block_size: int) -> torch.Te
 
 
 class DraftModel(nn.Module):
-    """DFlash backbone + (when ``spec.domino``) Domino head. ``embed``/``lm_head`` are the target's
+    """DFlash backbone + (when ``cfg.has_head``) Domino head. ``embed``/``lm_head`` are the target's
     frozen matrices (registered as buffers: no gradient, not part of the saved draft)."""
 
-    def __init__(self, spec: DraftSpec, embed: torch.Tensor, lm_head: torch.Tensor):
+    def __init__(self, cfg: DraftConfig, embed: torch.Tensor, lm_head: torch.Tensor):
         super().__init__()
-        self.spec = s = spec
+        self.cfg = cfg
+        s = cfg.layers
         h = s.hidden_size
+        self.rope = Rope(s.head_dim, s.rope_theta, "cpu")
         self.register_buffer("embed", embed.detach().float().clone(), persistent=False)
         self.register_buffer("lm_head", lm_head.detach().float().clone(), persistent=False)
-        self.fc = nn.Linear(len(s.target_layer_ids) * h, h, bias=False)
+        self.fc = nn.Linear(len(cfg.target_layer_ids) * h, h, bias=False)
         self.hidden_norm = nn.RMSNorm(h, eps=s.rms_norm_eps)
         self.layers = nn.ModuleList(Layer(s) for _ in range(s.num_hidden_layers))
         self.norm = nn.RMSNorm(h, eps=s.rms_norm_eps)
-        if s.domino:
-            g, e = s.gru_hidden_dim, s.emb_dim
+        if cfg.has_head:
+            g, e = cfg.gru_hidden_dim, cfg.emb_dim
             self.prefix_gru = nn.GRU(h, g, num_layers=1, bias=False, batch_first=True)
             self.embed_proj = nn.Sequential(nn.Linear(h + g, e, bias=False), nn.SiLU(),
                                             nn.Linear(e, s.vocab_size, bias=False))
@@ -162,20 +124,23 @@ class DraftModel(nn.Module):
             nn.init.zeros_(self.embed_proj[2].weight)
 
     # -- backbone -----------------------------------------------------------------------------
+    def _rope(self, positions: torch.Tensor):
+        """cos/sin ``[b, 1, n, d]`` for positions ``[b, n]`` (broadcast over the head axis)."""
+        cos, sin = self.rope.angles(positions)
+        return cos[:, None], sin[:, None]
+
     def backbone(self, feats: torch.Tensor, anchors: torch.Tensor, anchor_ids: torch.Tensor) -> torch.Tensor:
         """``feats [b, S, nT*H]`` target features of positions 0..S-1, ``anchors [b, A]`` anchor
         positions, ``anchor_ids [b, A]`` the anchor tokens. Returns ``z [b, A, B, H]`` (normed)."""
-        s = self.spec
         b, slen, _ = feats.shape
-        nb = s.block_size
+        nb = self.cfg.block_size
         a = anchors.shape[1]
         ctx = self.hidden_norm(self.fc(feats))
-        ccos, csin = rope_cos_sin(torch.arange(slen).expand(b, slen), s.head_dim, s.rope_theta)
-        ids = torch.full((b, a, nb), s.mask_token_id, dtype=torch.long)
+        ccos, csin = self._rope(torch.arange(slen).expand(b, slen))
+        ids = torch.full((b, a, nb), self.cfg.mask_token_id, dtype=torch.long)
         ids[:, :, 0] = anchor_ids
         x = self.embed[ids.view(b, a * nb)]
-        pos = (anchors[:, :, None] + torch.arange(nb)).view(b, a * nb)
-        cos, sin = rope_cos_sin(pos, s.head_dim, s.rope_theta)
+        cos, sin = self._rope((anchors[:, :, None] + torch.arange(nb)).view(b, a * nb))
         mask = block_mask(anchors, slen, nb)
         for layer in self.layers:
             kc, vc = layer.self_attn.context_kv(ctx, ccos, csin)
@@ -196,80 +161,38 @@ class DraftModel(nn.Module):
         hz = torch.cat([z.reshape(-1, nb, h), out], dim=-1)
         return self.embed_proj(hz).view(*lead, nb, -1)
 
-    def gru_cell(self, x: torch.Tensor, hstate: torch.Tensor) -> torch.Tensor:
-        """One bias-free GRU step, gate order (r, z, n) as torch.nn.GRU (spec §3.1)."""
-        g = self.spec.gru_hidden_dim
-        gi = F.linear(x, self.prefix_gru.weight_ih_l0)
-        gh = F.linear(hstate, self.prefix_gru.weight_hh_l0)
-        r = torch.sigmoid(gi[..., :g] + gh[..., :g])
-        u = torch.sigmoid(gi[..., g:2 * g] + gh[..., g:2 * g])
-        n = torch.tanh(gi[..., 2 * g:] + r * gh[..., 2 * g:])
-        return (1 - u) * n + u * hstate
-
     @torch.no_grad()
     def propose(self, z: torch.Tensor, anchor_ids: torch.Tensor, n: int) -> torch.Tensor:
-        """Greedy chain of ``n`` proposals per block (spec §3.3, O(N) GRU steps): ``z [m, B, H]``,
-        ``anchor_ids [m]`` → ``[m, n]``. Used for held-out acceptance estimates."""
-        s = self.spec
-        zz = z[:, :n] if s.shift_label else z[:, 1:n + 1]
-        base = self.base_logits(zz)
-        if not s.domino:
+        """Greedy chain of ``n`` proposals per block (spec §3.3): ``z [m, B, H]``, ``anchor_ids [m]``
+        → ``[m, n]``; the reference rollout with this model's head. Used for held-out acceptance."""
+        c = self.cfg
+        base = self.base_logits(z[:, :n] if c.shift_label else z[:, 1:n + 1])
+        if not c.has_head:
             return base.argmax(-1)
-        hstate = self.gru_cell(self.embed[anchor_ids], z.new_zeros(z.shape[0], s.gru_hidden_dim))
-        out = []
-        for i in range(n):
-            logits = base[:, i]
-            if i >= s.pure_draft_prefix_len:
-                logits = logits + self.embed_proj(torch.cat([zz[:, i], hstate], dim=-1))
-            y = logits.argmax(-1)
-            out.append(y)
-            if i + 1 < n:
-                hstate = self.gru_cell(self.embed[y], hstate)
-        return torch.stack(out, dim=1)
+        tokens, _, _ = reference_rollout(
+            z, base, anchor_ids, self.prefix_gru.weight_ih_l0, self.prefix_gru.weight_hh_l0,
+            self.embed_proj[0].weight, self.embed_proj[2].weight, self.embed, num_proposals=n,
+            shift_label=c.shift_label, pure_prefix_len=c.pure_draft_prefix_len)
+        return tokens
 
     # -- initialisation from the target ---------------------------------------------------------
     @torch.no_grad()
     def init_from_target(self, target_state: dict, last_layer: int) -> None:
         """Start every draft layer as a copy of the target's last decoder layer and the final norm
         as the target's, and make ``fc`` start as the identity on the deepest captured layer's
-        features (it sees the target's pre-norm residual stream). A warm start for tiny budgets."""
+        features. A warm start for tiny budgets."""
         for layer in self.layers:
             for name, p in layer.named_parameters():
                 p.copy_(target_state[f"model.layers.{last_layer}.{name}"].float())
         self.norm.weight.copy_(target_state["model.norm.weight"].float())
-        h = self.spec.hidden_size
-        nn.init.normal_(self.fc.weight, std=0.02 / len(self.spec.target_layer_ids) ** 0.5)
+        h = self.cfg.layers.hidden_size
+        nn.init.normal_(self.fc.weight, std=0.02 / len(self.cfg.target_layer_ids) ** 0.5)
         self.fc.weight[:, -h:] += torch.eye(h)
 
     # -- public format --------------------------------------------------------------------------
     def draft_state_dict(self) -> dict:
         """The draft's own tensors with the public flat names (spec §7.2)."""
         return {k: v for k, v in self.state_dict().items()}
-
-    def config_dict(self, dtype: str = "bfloat16") -> dict:
-        s = self.spec
-        dfc = {"target_layer_ids": list(s.target_layer_ids), "mask_token_id": s.mask_token_id,
-               "shift_label": s.shift_label}
-        if s.domino:
-            dfc.update({"projector_type": "domino", "pure_draft_prefix_len": s.pure_draft_prefix_len,
-                        "emb_dim": s.emb_dim, "gru_hidden_dim": s.gru_hidden_dim})
-        cfg = {
-            "architectures": ["DominoDraftModel" if s.domino else "DFlashDraftModel"],
-            "model_type": "qwen3", "block_size": s.block_size, "num_target_layers": s.num_target_layers,
-            "num_hidden_layers": s.num_hidden_layers, "hidden_size": s.hidden_size,
-            "intermediate_size": s.intermediate_size, "num_attention_heads": s.num_attention_heads,
-            "num_key_value_heads": s.num_key_value_heads, "head_dim": s.head_dim, "hidden_act": "silu",
-            "attention_bias": False, "rms_norm_eps": s.rms_norm_eps, "rope_theta": s.rope_theta,
-            "rope_scaling": None, "max_position_embeddings": s.max_position_embeddings,
-            "layer_types": ["full_attention"] * s.num_hidden_layers, "use_sliding_window": False,
-            "sliding_window": None, "vocab_size": s.vocab_size, "tie_word_embeddings": False,
-            "dtype": dtype, "bos_token_id": s.bos_token_id, "eos_token_id": s.eos_token_id,
-            "dflash_config": dfc,
-        }
-        if s.domino:
-            cfg["emb_dim"] = s.emb_dim  # duplicated at the top level like the public configs
-        cfg.update(s.extra)
-        return cfg
 
 
 def save_draft(model: DraftModel, out_dir: str, dtype=torch.bfloat16) -> dict:
@@ -279,7 +202,7 @@ def save_draft(model: DraftModel, out_dir: str, dtype=torch.bfloat16) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in model.draft_state_dict().items()}
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    name = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[dtype]
+    cfg = dataclasses.replace(model.cfg, layers=dataclasses.replace(model.cfg.layers, dtype=dtype))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(model.config_dict(name), f, indent=1)
+        json.dump(cfg.to_dict(), f, indent=1)
     return tensors

@@ -8,69 +8,57 @@ the model) and recorded in ``train_meta.json``, so a run can be repeated exactly
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..model.config import Qwen3Config
+from .schedule import Schedule, lr_at
 from .tokenizer import EOS_ID
 
 
-@dataclass
-class TargetShape:
-    vocab_size: int = 4096
-    hidden_size: int = 256
-    intermediate_size: int = 768
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    head_dim: int = 64
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    tie_word_embeddings: bool = True
+def target_shape(**shape) -> Qwen3Config:
+    """The trained target's shape: ``shape`` over the laptop-scale defaults (RoPE θ 1e4, 2048
+    positions, tied embeddings, the tokenizer's end-of-text id as bos and eos)."""
+    base = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
+                max_position_embeddings=2048, rope_theta=10000.0, tie_word_embeddings=True,
+                eos_token_ids=[EOS_ID], bos_token_id=EOS_ID)
+    return Qwen3Config(**{**base, **shape})
 
 
 @dataclass
-class TargetRecipe:
+class TargetRecipe(Schedule):
     seq_len: int = 256
     batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
 
 
-def make_config(shape: TargetShape):
-    from transformers import Qwen3Config
+def make_config(shape: Qwen3Config):
+    """The transformers config of ``shape`` (bos = eos = pad: the tokenizer's single special)."""
+    from transformers import Qwen3Config as HFQwen3Config
 
-    return Qwen3Config(
+    if shape.eos_token_ids != [shape.bos_token_id]:
+        raise ValueError(f"the target's eos ids {shape.eos_token_ids} must be [bos_token_id] "
+                         f"([{shape.bos_token_id}]): one end-of-text id serves as bos, eos and pad")
+    return HFQwen3Config(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size, num_hidden_layers=shape.num_hidden_layers,
         num_attention_heads=shape.num_attention_heads, num_key_value_heads=shape.num_key_value_heads,
         head_dim=shape.head_dim, max_position_embeddings=shape.max_position_embeddings,
         rope_theta=shape.rope_theta, tie_word_embeddings=shape.tie_word_embeddings,
-        rms_norm_eps=1e-6, attention_bias=False, hidden_act="silu",
-        bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
-        use_sliding_window=False, attn_implementation="sdpa")
+        rms_norm_eps=shape.rms_norm_eps, attention_bias=False, hidden_act="silu",
+        bos_token_id=shape.bos_token_id, eos_token_id=shape.bos_token_id,
+        pad_token_id=shape.bos_token_id, use_sliding_window=False, attn_implementation="sdpa")
 
 
-def build_model(shape: TargetShape, seed: int):
+def build_model(shape: Qwen3Config, seed: int):
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(make_config(shape))
     return model
-
-
-def lr_at(step: int, steps: int, r: TargetRecipe) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
-    if step < r.warmup:
-        return r.lr * (step + 1) / r.warmup
-    t = (step - r.warmup) / max(1, steps - r.warmup)
-    return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def _optimizer(model, r: TargetRecipe):
@@ -92,7 +80,7 @@ def _step(model, opt, batch, lr, r: TargetRecipe) -> float:
     return float(out.loss.detach())
 
 
-def steps_for_budget(shape: TargetShape, r: TargetRecipe, sampler, seconds: float, probe: int = 4) -> int:
+def steps_for_budget(shape: Qwen3Config, r: TargetRecipe, sampler, seconds: float, probe: int = 4) -> int:
     """How many steps fit in ``seconds``: time ``probe`` steps of a throwaway model (after one
     untimed step), so the real run's RNG streams are untouched."""
     model = build_model(shape, seed=12345)
@@ -126,12 +114,12 @@ def evaluate(model, stream: torch.Tensor, seq_len: int, max_windows: int = 64) -
 
 
 def train_target(train_stream, heldout_stream, out_dir: str, *, seed: int, steps: int | None = None,
-                 minutes: float | None = None, shape: TargetShape | None = None,
+                 minutes: float | None = None, shape: Qwen3Config | None = None,
                  recipe: TargetRecipe | None = None, tokenizer_path: str | None = None,
                  log=print, log_every: int = 50):
     from .data import WindowSampler
 
-    shape = shape or TargetShape()
+    shape = shape or target_shape()
     r = recipe or TargetRecipe()
     sampler = WindowSampler(train_stream, r.seq_len, seed)
     if steps is None:
@@ -155,7 +143,7 @@ def train_target(train_stream, heldout_stream, out_dir: str, *, seed: int, steps
     ev = evaluate(model, heldout_stream, r.seq_len)
     log(f"target held-out: loss {ev['loss']:.3f} acc {ev['acc']:.3f} over {ev['tokens']} tokens")
     save_target(model, out_dir, tokenizer_path)
-    meta = {"seed": seed, "steps": steps, "shape": asdict(shape), "recipe": asdict(r),
+    meta = {"seed": seed, "steps": steps, "shape": shape.to_dict(), "recipe": asdict(r),
             "params": n_params, "heldout": ev, "curve": curve,
             "train_seconds": time.perf_counter() - t0}
     with open(os.path.join(out_dir, "train_meta.json"), "w") as f:

@@ -85,7 +85,7 @@ int main() {
 
   // Exact helpers.
   CHECK(verify::uniform52(0) > 0.0 && verify::uniform52(~uint64_t(0)) < 1.0);
-  CHECK(verify::uniform_below(~uint64_t(0), 7) == 6 && verify::uniform_below(0, 7) == 0);
+  CHECK(rng::uniform_below(~uint64_t(0), 7) == 6 && rng::uniform_below(0, 7) == 0);
   CHECK(verify::to_fixed(0.5f, 1000.0) == 500 && verify::to_fixed(0.0f, 1e9) == 0);
   CHECK(verify::to_fixed(std::nanf(""), 1e9) == 0 && verify::to_fixed(2.0f, 10.0) == 10);
   CHECK(verify::to_fixed(1.0f, INFINITY) == uint64_t(1) << 62);

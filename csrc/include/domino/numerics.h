@@ -109,6 +109,16 @@ DOMINO_HD float key_to_float(uint32_t k) {
   return bits_to_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// The argmax order of every selection (greedy picks, top-k lists, Gumbel-max draws): is
+// (key_a, idx_a) ahead of (key_b, idx_b)? Larger key first, then the lower index.
+DOMINO_HD bool key_better(float key_a, int64_t idx_a, float key_b, int64_t idx_b) {
+  return key_a > key_b || (key_a == key_b && idx_a < idx_b);
+}
+
+// Gumbel-perturbed key of an element with scaled logit `scaled` and uniform u in (0, 1):
+// scaled - log(-log(u)). The argmax over a set of these is an exact sample of softmax over it.
+DOMINO_HD float gumbel_key(float scaled, float u) { return sub(scaled, log(sub(0.0f, log(u)))); }
+
 // Fixed-point probability mass: w = trunc(e * 2^40) for e in [0, 1]. Integer sums of these are
 // exact and order independent, so thresholds computed from them agree on every device and for
 // every reduction order (a float sum would not).

@@ -79,5 +79,24 @@ DOMINO_HD float uniform(uint64_t seed, uint64_t offset, uint32_t stream, uint32_
   return u32_to_uniform(lane(raw4(seed, offset, stream, index >> 2), index & 3u));
 }
 
+// 64 random bits of (seed, offset, stream): lanes 0 (high word) and 1 (low word) of block 0.
+DOMINO_HD uint64_t random_u64(uint64_t seed, uint64_t offset, uint32_t stream) {
+  const U4 r = raw4(seed, offset, stream, 0);
+  return (uint64_t(r.x) << 32) | r.y;
+}
+
+// High 64 bits of the 128-bit product a * b.
+DOMINO_HD uint64_t mulhi64(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(a, b);
+#else
+  return uint64_t((unsigned __int128)a * b >> 64);
+#endif
+}
+
+// Uniform integer in [0, total) (total > 0) from 64 random bits: multiply-high; each value's
+// probability is within 2^-64 of 1/total, far below anything observable.
+DOMINO_HD uint64_t uniform_below(uint64_t bits, uint64_t total) { return mulhi64(bits, total); }
+
 }  // namespace rng
 }  // namespace domino

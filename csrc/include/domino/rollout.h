@@ -10,12 +10,14 @@
 //   q = softmax(scores_i)[y_i] (T = 1). Sampled rows (T > 0): y_i = argmax_v (scores_i[v] / T
 //   + Gumbel(u_v)), u_v = Philox uniform of (seed, offset, stream, v); q = softmax(scores_i/T)[y_i].
 //
-// The chain is run as a tree with topk = 1 and budget = N (one frontier node per request per
-// level), so chain and tree share one engine: per level, (1) m = silu(zp + W1h·h) for every
-// frontier row, (2) one pass over W2 that reads every weight row once for all rows of the level
-// (weight-stationary), fused with the base-logit add, the online (max, sum-exp) and the per-row
-// top-k / Gumbel top-k, (3) a merge of the per-chunk partials, (4) a per-request selection of the
-// children (budget), (5) the GRU cell of every new node and one GEMV pass [W1h | W_hh] · h_new.
+// The chain is run as a tree with topk = 1 (one expanded node per request per depth), so chain
+// and tree share one engine: per depth, (1) m = silu(zp + W1h·h) for every expanded row, (2) one
+// pass over W2 that reads every weight row once for all rows of the depth (weight-stationary),
+// fused with the base-logit add, the online (max, sum-exp) and the per-row top-k / Gumbel top-k,
+// (3) a merge of the per-chunk partials, (4) the children join the request's candidate pool and
+// the beam of the next depth is chosen (child_scores, rank_within), (5) the GRU cell of every
+// beam node and one GEMV pass [W1h | W_hh] · h_new; at the end the budget selection and the emit
+// step (emit_tree / emit_chain) are the shared routines below.
 //
 // Numerics: every dot product accumulates in fp32 (FMA, implementation-defined order: AVX-512 on
 // the CPU, warp reductions on the GPU), so CPU and CUDA scores agree to fp32 rounding, not to the
@@ -43,6 +45,7 @@ namespace rollout {
 constexpr int kMaxTopK = 8;  // largest tree fan-out (register-resident top-k lists on the GPU)
 constexpr int kCudaMaxE = 256;   // CUDA keeps a W2 row (E values) in registers: 8 per lane
 constexpr int64_t kCudaMaxRows = 65535;  // CUDA: batch * frontier rows (a grid dimension)
+constexpr int64_t kMaxTreeBudget = 4096;  // largest tree budget (output nodes besides the anchor)
 // A Gumbel key exceeds its scaled logit by at most -log(-log(1 - 2^-24)) = 16.64; elements whose
 // scaled logit is more than this below the current k-th best key cannot enter the top-k.
 constexpr float kGumbelMaxNoise = 16.7f;
@@ -76,10 +79,12 @@ struct RolloutParams {
   const int64_t* seed = nullptr;
   const int64_t* offset = nullptr;
   bool tree = false;
-  int32_t topk = 1;    // tree fan-out, 1..kMaxTopK (chain: 1)
-  int32_t budget = 0;  // tree node budget excluding the root (chain: N)
-  // Chain only: per-request shortlist [B, num_candidates] of vocab ids (null = full vocabulary),
-  // and the optional q rows [B, N, V] fp32.
+  int32_t topk = 1;    // tree fan-out and beam width, 1..kMaxTopK (chain: 1)
+  int32_t budget = 0;  // tree: nodes emitted besides the anchor, 1..kMaxTreeBudget (chain: N)
+  // Chain only: per-request shortlist [B, num_candidates] of vocab ids (null = full vocabulary).
+  // Optional q rows fp32: chain [B, N, V] (row i-1 = proposal i's distribution); tree
+  // [B, budget + 1, V] (row n = the distribution output node n's children were drawn from, zeros
+  // for a node that was not expanded and for padding).
   const int32_t* shortlist = nullptr;
   int32_t num_candidates = 0;
   float* q_rows = nullptr;
@@ -116,9 +121,9 @@ DOMINO_HD float gru_cell(float gi_r, float gi_z, float gi_n, float gh_r, float g
   return det::add(det::mul(det::sub(1.0f, u), n), det::mul(u, h));
 }
 
-DOMINO_HD float gumbel_key(float scaled, float u) {
-  return det::sub(scaled, det::log(det::sub(0.0f, det::log(u))));
-}
+// The Gumbel key and the argmax order are the ones every op shares (numerics.h).
+using det::gumbel_key;
+using det::key_better;
 
 // Per-row running state of the vocabulary pass: online softmax normaliser and a sorted top-k list
 // of (key, index) with the scaled logit `val` of each entry (for log q). Order: larger key, then
@@ -136,10 +141,6 @@ DOMINO_HD void topk_init(TopK& t) {
   t.max = -det::kInf;
   t.sum = 0.0f;
   t.n = 0;
-}
-
-DOMINO_HD bool key_better(float ka, int32_t ia, float kb, int32_t ib) {
-  return ka > kb || (ka == kb && ia < ib);
 }
 
 // Smallest key that can still enter the list (-inf while it is not full).
@@ -186,15 +187,104 @@ DOMINO_HD uint32_t noise_stream(bool tree, int32_t proposal, int32_t node) {
               : rng::stream_id(rng::kDraftChain, uint32_t(proposal));
 }
 
-// Largest frontier (nodes per request per level) any level can have.
-inline int64_t max_frontier(const RolloutParams& p) {
-  int64_t f = 1, best = 1;
-  for (int d = 0; d < p.depth; ++d) {
-    f = f * p.topk < p.budget ? f * p.topk : p.budget;
-    if (f > best) best = f;
-  }
-  return best;
+// ---- tree policy, selection and emit (shared by the CPU and CUDA kernels) --------------------
+// Dynamic tree (EAGLE-2 style, per-branch GRU): every generated node is kept in a per-request
+// candidate pool in generation order (depth-major; within a depth by parent pool index, then
+// child rank). Per depth the `beam` (= topk) best nodes of the newest depth are expanded, each
+// into its top-k (greedy) or Gumbel-top-k (sampled) children; after the last depth the `budget`
+// best pool nodes (plus the anchor) are emitted. "Best" is one strict total order over the pool:
+// larger score first, then lower pool index (ranks_before). Scores are sanitised (NaN -> -inf)
+// when they are made, so the order is defined for every input (no NaN reaches a comparison).
+//
+// Scores (child_scores): acc(n) = log of the draft probability of n's path (sum of log q,
+// acc(anchor) = 0). Greedy rows: score = acc (EAGLE-2). Sampled rows: the score of sibling j is
+// acc(parent) + log(1 - sum_{l<j} q(x_l)) (the draft's probability that verification reaches
+// sibling j), which depends on the earlier siblings only, never on x_j's own value: the kept
+// children of a node stay a prefix of its without-replacement draw whose length does not look at
+// the drawn token, which is what rejection without replacement (verify rule 3) needs to stay
+// lossless. Either way a child's score is clamped to min(parent score, previous sibling score):
+// with ties going to the lower pool index (parents and earlier siblings come first), any prefix
+// of the order is closed under "parent of" and "earlier sibling of". The emitted set is therefore
+// ancestor-closed and holds a draw-order prefix of every node's children.
+DOMINO_HD float sanitize_score(float x) { return det::is_nan(x) ? -det::kInf : x; }
+DOMINO_HD float min_score(float a, float b) { return b < a ? b : a; }
+
+DOMINO_HD bool ranks_before(float score_a, int32_t a, float score_b, int32_t b) {
+  return score_a > score_b || (score_a == score_b && a < b);
 }
+
+// Nodes of [begin, end) that rank before node c, counted up to `limit` (c is selected among the
+// best `limit` of the range iff the result is < limit).
+DOMINO_HD int32_t rank_within(const float* score, int32_t begin, int32_t end, int32_t c, int32_t limit) {
+  int32_t r = 0;
+  const float sc = score[c];
+  for (int32_t o = begin; o < end && r < limit; ++o)
+    if (o != c && ranks_before(score[o], o, sc, c)) ++r;
+  return r;
+}
+
+// Scores of the n children (in rank order) of an expanded node, from their log q under the
+// node's distribution. Writes acc[j], score[j] (both sanitised, never above the parent's).
+DOMINO_HD void child_scores(float parent_acc, float parent_score, bool sampled, const float* log_q,
+                            int n, float* acc, float* score) {
+  float prev = parent_score, rem = 1.0f;
+  for (int j = 0; j < n; ++j) {
+    const float a = min_score(parent_acc, sanitize_score(det::add(parent_acc, log_q[j])));
+    const float gain = sampled ? det::log(rem > 0.0f ? rem : 0.0f) : log_q[j];
+    const float s = min_score(prev, sanitize_score(det::add(parent_acc, gain)));
+    acc[j] = a;
+    score[j] = s;
+    prev = s;
+    rem = det::sub(rem, det::exp(log_q[j]));
+  }
+}
+
+// Lays out one request's selected pool nodes (keep[c] != 0; node 0 = the anchor, kept) in
+// verification order: pool order, which puts parents before children and siblings together in
+// draw order. Writes M output nodes (tokens / parents / q, padding -1 / -1 / 0) and, when
+// `source` is given, the pool index of each output node (-1 for padding). `out_id` is [n]
+// scratch. A kept node whose parent is not kept cannot occur with keep from select_best (closure);
+// it would be skipped. Never writes more than M nodes. Returns the number of nodes written.
+DOMINO_HD int32_t emit_tree(const int64_t* tok, const int32_t* par, const float* q,
+                            const uint8_t* keep, int32_t n, int32_t M, int32_t* out_id,
+                            int64_t* tokens, int64_t* parents, float* q_out, int32_t* source) {
+  int32_t id = 0;
+  for (int32_t c = 0; c < n; ++c) {
+    out_id[c] = -1;
+    if (!keep[c] || id >= M) continue;
+    const int32_t pp = c == 0 ? -1 : (par[c] >= 0 && par[c] < c ? out_id[par[c]] : -1);
+    if (c > 0 && pp < 0) continue;
+    out_id[c] = id;
+    tokens[id] = tok[c];
+    parents[id] = pp;
+    q_out[id] = q[c];
+    if (source) source[id] = c;
+    ++id;
+  }
+  for (int32_t j = id; j < M; ++j) {
+    tokens[j] = -1;
+    parents[j] = -1;
+    q_out[j] = 0.0f;
+    if (source) source[j] = -1;
+  }
+  return id;
+}
+
+// The chain's output: pool node i (1..n-1) is proposal i; proposals past the pool are -1 / q 0.
+DOMINO_HD void emit_chain(const int64_t* tok, const float* q, int32_t n, int32_t N, int64_t* tokens,
+                          float* q_out) {
+  for (int32_t i = 1; i <= N; ++i) {
+    tokens[i - 1] = i < n ? tok[i] : -1;
+    q_out[i - 1] = i < n ? q[i] : 0.0f;
+  }
+}
+
+// Expanded nodes per request per depth (the beam), pool and state capacities per request.
+inline int64_t beam_width(const RolloutParams& p) { return p.tree ? p.topk : 1; }
+inline int64_t pool_capacity(const RolloutParams& p) {
+  return 1 + int64_t(p.depth) * p.topk * beam_width(p);
+}
+inline int64_t state_capacity(const RolloutParams& p) { return 1 + int64_t(p.depth) * beam_width(p); }
 
 // CPU: the whole rollout. `parallel_for(n, grain, fn)` runs fn(begin, end) over [0, n) on the
 // caller's thread pool (the torch binding passes at::parallel_for); null runs serially.

@@ -50,23 +50,9 @@ struct SampleParams {
   int64_t* out = nullptr;              // [batch]
 };
 
-// Gumbel-perturbed key of an element with centred logit `sc` and uniform u: the argmax over a
-// set of these is an exact sample of softmax over that set (used by sampled drafting).
-DOMINO_HD float gumbel_key(float sc, float u) {
-  return det::sub(sc, det::log(det::sub(0.0f, det::log(u))));
-}
-
-// The row's 64-bit uniform for the inverse-CDF draw, and the drawn mass rank in [0, total).
-DOMINO_HD uint64_t row_u64(uint64_t seed, uint64_t offset) {
-  const rng::U4 r = rng::raw4(seed, offset, rng::stream_id(rng::kSample, 0), 0);
-  return (uint64_t(r.x) << 32) | r.y;
-}
-DOMINO_HD uint64_t mass_rank(uint64_t u, uint64_t total) {
-#if defined(__CUDA_ARCH__)
-  return __umul64hi(u, total);
-#else
-  return uint64_t((unsigned __int128)u * total >> 64);
-#endif
+// The mass rank in [0, total) that the row's inverse-CDF draw looks up.
+DOMINO_HD uint64_t drawn_rank(uint64_t seed, uint64_t offset, uint64_t total) {
+  return rng::uniform_below(rng::random_u64(seed, offset, rng::stream_id(rng::kSample, 0)), total);
 }
 
 // Per-row parameters, validated. `valid == false` means the row's token is -1.
@@ -97,11 +83,6 @@ DOMINO_HD RowParams row_params(const SampleParams& p, int64_t b) {
   r.inv_temperature = r.greedy ? 0.0f : det::div(1.0f, r.temperature);
   if (r.top_k >= p.vocab) r.top_k = 0;
   return r;
-}
-
-// "Is (key_a, idx_a) a better argmax candidate than (key_b, idx_b)": larger key, then lower index.
-DOMINO_HD bool better(float key_a, int64_t idx_a, float key_b, int64_t idx_b) {
-  return key_a > key_b || (key_a == key_b && idx_a < idx_b);
 }
 
 // Radix-select helpers (MSB-first, 8-bit digits over det::ordered_key). Shared by the CPU loop

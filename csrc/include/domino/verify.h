@@ -127,28 +127,10 @@ DOMINO_HD uint64_t trunc_u64(double x) { return uint64_t(x); }
 #endif
 }  // namespace dd
 
-DOMINO_HD uint64_t mulhi64(uint64_t a, uint64_t b) {
-#if defined(__CUDA_ARCH__)
-  return __umul64hi(a, b);
-#else
-  return uint64_t((unsigned __int128)a * b >> 64);
-#endif
-}
-
-// 64 random bits of (seed, offset, stream): lanes 0 (high word) and 1 (low word) of block 0.
-DOMINO_HD uint64_t random_u64(uint64_t seed, uint64_t offset, uint32_t stream) {
-  const rng::U4 r = rng::raw4(seed, offset, stream, 0);
-  return (uint64_t(r.x) << 32) | r.y;
-}
-
 // Uniform in (0, 1) on the 2^-52 grid midpoints: (k + 1/2) 2^-52, exact in double.
 DOMINO_HD double uniform52(uint64_t bits) {
   return dd::add(dd::mul(double(bits >> 12), 2.220446049250313e-16), 1.1102230246251565e-16);
 }
-
-// Uniform integer in [0, total) (total > 0): multiply-high; each value's probability is within
-// 2^-64 of 1/total, far below anything observable.
-DOMINO_HD uint64_t uniform_below(uint64_t bits, uint64_t total) { return mulhi64(bits, total); }
 
 constexpr double kFixedCap = 4611686018427387904.0;  // 2^62: keeps Q finite and subtractable
 
@@ -345,8 +327,9 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
       if (l < k) next = row.kids[l];
     } else if (rule == kTargetOnly) {
       const uint64_t W = row.total();
-      uint64_t r = uniform_below(random_u64(seed, offset, rng::stream_id(rng::kVerifyResidual,
-                                                                         uint32_t(node))), W);
+      const uint64_t bits =
+          rng::random_u64(seed, offset, rng::stream_id(rng::kVerifyResidual, uint32_t(node)));
+      uint64_t r = rng::uniform_below(bits, W);
       uint64_t child_mass = 0;
       for (int64_t l = 0; l < k; ++l)
         if (walk.first_kid_with(row.kid_tok[l]) == l)
@@ -386,7 +369,7 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
         const bool repeat = rule == kRejectionNoReplacement && walk.first_kid_with(x) < j;
         const uint64_t Q = repeat ? 0 : to_fixed(qx, scale);
         const double u = uniform52(
-            random_u64(seed, offset, rng::stream_id(rng::kVerifyCoin, uint32_t(c))));
+            rng::random_u64(seed, offset, rng::stream_id(rng::kVerifyCoin, uint32_t(c))));
         if (accept_coin(u, Q, R)) { next = c; break; }
         // Rejected: M_{j+1}. With full rows this is a pass over the vocabulary; with token
         // probabilities only the child tokens change, so only they are revisited.
@@ -403,13 +386,13 @@ DOMINO_HD int32_t verify_request(const VerifyParams& p, int64_t b, Row& row) {
         S = dd::add(S, double(qx));
       }
       if (next < 0) {
-        const uint64_t r64 = random_u64(seed, offset,
+        const uint64_t r64 = rng::random_u64(seed, offset,
                                         rng::stream_id(rng::kVerifyResidual, uint32_t(node)));
         if (M == 0) {  // residual vanished (quantisation edge): fall back to the target row
           j = 0;
           M = row.total();
         }
-        out_tok = row.find(uniform_below(r64, M), ResidualMass<Row>{&walk, &row, j});
+        out_tok = row.find(rng::uniform_below(r64, M), ResidualMass<Row>{&walk, &row, j});
       }
     }
     if (next < 0) break;
