@@ -64,7 +64,8 @@ def cpu_rows(args, dev):
     for batch in (1, 4):
         g = torch.Generator().manual_seed(batch)
         prompts = [torch.randint(0, 4000, (32 + 7 * i,), generator=g).tolist() for i in range(batch)]
-        kw = dict(max_new_tokens=args.max_new_tokens, ignore_eos=True)
+        # the fixed policy: these rows measure the cost of a full draft at a given tau
+        kw = dict(max_new_tokens=args.max_new_tokens, ignore_eos=True, spec_policy="fixed")
         generate(target, prompts, max_new_tokens=4)  # warm-up
         base = generate(target, prompts, **kw)
         longer = generate(target, prompts, max_new_tokens=args.max_new_tokens + 20, ignore_eos=True)

@@ -2,15 +2,17 @@
 
 Held-out prompts (the first tokens of held-out standard-library files, never trained on by the
 tokenizer, the target or the drafters) are decoded one request at a time with
-``domino_kernels.generate.generate``, greedy (T=0) and sampled (T=1), with chain drafting and tree
-drafting. Reports τ (mean tokens emitted per target verify step, bonus included), tokens/s and
-the speedup over target-only decoding at the same temperature, all measured in this process.
-At T=0 every speculative output must equal the target-only output token for token (the script
-exits non-zero otherwise).
+``domino_kernels.generate.generate``, greedy (T=0) and sampled (T=0.7, 1), with chain and tree
+drafting under the fixed and the adaptive speculation policy. Reports the verify rule, τ (mean
+tokens emitted per drafted step, bonus included; at T>0 for chains also τ of the target-only rule
+on the same drafts), how many steps drafted, tokens/s and the speedup over target-only decoding at
+the same temperature, all measured in this process (on a single-threaded CPU run in CPU seconds of
+the process, which other jobs on a shared machine do not inflate). At T=0 every speculative output must equal
+the target-only output token for token (the script exits non-zero otherwise).
 
     python -m bench.bench_models [--root domino_kernels/assets/default] [--prompts 8]
                                  [--max-new-tokens 128] [--tree-topk 2 --tree-budget 16]
-                                 [--device cpu|cuda] [--threads 1]
+                                 [--temperatures 0,0.7,1] [--device cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
 
@@ -43,23 +45,82 @@ def heldout_prompts(tokenizer_path: str, n: int, length: int) -> list[list[int]]
     return out
 
 
-def run(target, prompts, *, draft, temperature, seed, max_new, tree, args, use_head=True):
+CONFIGS = [  # (label, drafter, drafting, spec_policy, use_head)
+    ("target-only", None, "-", "-", True),
+    ("Domino", "domino", "chain", "fixed", True),
+    ("Domino", "domino", "chain", "adaptive", True),
+    ("Domino", "domino", "tree", "fixed", True),
+    ("Domino", "domino", "tree", "adaptive", True),
+    ("DFlash-only", "dflash", "chain", "fixed", True),
+    ("DFlash-only", "dflash", "chain", "adaptive", True),
+]
+
+
+def decode_one(target, prompt, *, draft, temperature, seed, max_new, drafting, policy, use_head, args):
     from domino_kernels.generate import generate
 
-    tokens, steps, taus, new, secs = [], 0, [], 0, 0.0
-    for i, p in enumerate(prompts):
-        t0 = time.perf_counter()
-        res = generate(target, [p], draft=draft, max_new_tokens=max_new, temperature=temperature,
-                       seed=seed + i, ignore_eos=True, use_head=use_head,
-                       tree_topk=args.tree_topk if tree else 0, tree_budget=args.tree_budget if tree else 0)
-        secs += time.perf_counter() - t0
-        tokens.append(res.tokens[0])
-        st = res.stats
-        steps += st["steps"]
-        new += st["new_tokens"]
-        taus.append(st.get("tau", 1.0) * st["steps"])
-    return {"tokens": tokens, "tau": sum(taus) / max(steps, 1), "new_tokens": new, "seconds": secs,
-            "tokens_per_s": new / secs}
+    tree = drafting == "tree"
+    compare = "target_only" if draft is not None and temperature > 0 and not tree else None
+    return generate(target, [prompt], draft=draft, max_new_tokens=max_new, temperature=temperature, seed=seed,
+                    ignore_eos=True, use_head=use_head, tree_topk=args.tree_topk if tree else 0,
+                    tree_budget=args.tree_budget if tree else 0,
+                    spec_policy=policy if draft is not None else "adaptive", compare_rule=compare)
+
+
+def run_temperature(target, drafts, prompts, temp, args):
+    """Every configuration on every prompt, prompt-major (the configurations of one prompt run
+    back to back, so machine load drifts hit them alike). Returns one row per configuration."""
+    # CPU seconds of this process on a single-threaded CPU run: other jobs on a shared machine
+    # delay the wall clock, not this process's CPU time (wall time elsewhere)
+    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
+               "cmp_w": 0.0, "cmp_n": 0, "rule": "-"} for i in range(len(CONFIGS))}
+    for j, p in enumerate(prompts):
+        for i, (_, drafter, drafting, policy, use_head) in enumerate(CONFIGS):
+            draft = drafts[drafter] if drafter else None
+            t0 = clock()
+            res = decode_one(target, p, draft=draft, temperature=temp, seed=args.seed + j, max_new=args.max_new_tokens,
+                             drafting=drafting, policy=policy, use_head=use_head, args=args)
+            a, st = acc[i], res.stats
+            a["secs"] += clock() - t0
+            a["tokens"].append(res.tokens[0])
+            a["new"] += st["new_tokens"]
+            a["steps"] += st["steps"]
+            drafted = st["steps"] - int(st.get("draft_lengths", {}).get("0", 0)) if draft is not None else 0
+            a["drafted_steps"] += drafted
+            a["tau_w"] += st["tau"] * drafted
+            if "compare_tau" in st:
+                a["cmp_w"] += st["compare_tau"] * drafted
+            a["rule"] = st.get("rule", "-")
+    base = acc[0]
+    rows = []
+    for i, (label, drafter, drafting, policy, _) in enumerate(CONFIGS):
+        a = acc[i]
+        tps = a["new"] / a["secs"]
+        same = "-"
+        if temp == 0.0 and drafter:
+            same = a["tokens"] == base["tokens"]
+        drafted = a["drafted_steps"]
+        rows.append({"T": temp, "drafter": label, "drafting": drafting, "policy": policy, "rule": a["rule"],
+                     "tau": a["tau_w"] / drafted if drafted else (1.0 if not drafter else None),
+                     "tau_target_only_rule": (a["cmp_w"] / drafted if drafted and a["cmp_w"] else None),
+                     "drafted_steps": f"{drafted}/{a['steps']}" if drafter else "-",
+                     "tok_per_s": tps, "speedup": tps / (base["new"] / base["secs"]), "greedy_equal": same})
+        print(f"T={temp} {label} {drafting} {policy}: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def step_costs(drafts) -> list:
+    """The adaptive policies' measured step costs (batch 1) after the runs."""
+    out = []
+    for name, draft in drafts.items():
+        for key, policy in draft.policies.items():
+            c = policy.costs
+            if c.known():
+                tree = f"tree k{key[1]} m{key[2]}" if key[1] else "chain"
+                out.append({"config": f"{name} {tree}, T={key[5]}", "plain_s": c.plain, "draft_s": c.draft,
+                            "verify_per_token_s": c.verify_per_token})
+    return out
 
 
 def main(argv=None) -> int:
@@ -70,7 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--tree-topk", type=int, default=2)
     ap.add_argument("--tree-budget", type=int, default=16)
-    ap.add_argument("--temperatures", default="0,1")
+    ap.add_argument("--temperatures", default="0,0.7,1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="1 by default: on a shared 2-core machine a second OpenMP thread mostly spin-waits")
@@ -88,38 +149,33 @@ def main(argv=None) -> int:
     target = load_qwen3(os.path.join(root, "target"), dtype=dtype, device=args.device)
     drafts = {k: load_draft(os.path.join(root, f"draft-{k}"), target, dtype=dtype) for k in ("domino", "dflash")}
     prompts = heldout_prompts(os.path.join(root, "target", "tokenizer.json"), args.prompts, args.prompt_len)
-    # warm-up (first-call allocations, lazy imports) outside the timed runs
-    run(target, prompts[:1], draft=drafts["domino"], temperature=0.0, seed=0, max_new=16, tree=False, args=args)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    # warm-up outside the timed runs: first-call allocations and lazy imports, and the adaptive
+    # policies' calibration (their measured step costs and acceptance carry over, per draft and
+    # configuration, like a server's warm-up requests)
+    for temp in temps:
+        for _, drafter, drafting, policy, use_head in CONFIGS:
+            decode_one(target, prompts[-1], draft=drafts[drafter] if drafter else None, temperature=temp, seed=99,
+                       max_new=32, drafting=drafting, policy=policy, use_head=use_head, args=args)
 
-    rows, ok = [], True
-    for temp in [float(t) for t in args.temperatures.split(",")]:
-        base = run(target, prompts, draft=None, temperature=temp, seed=args.seed,
-                   max_new=args.max_new_tokens, tree=False, args=args)
-        rows.append({"T": temp, "drafter": "target-only", "drafting": "-", "tau": 1.0,
-                     "tok_per_s": base["tokens_per_s"], "speedup": 1.0, "greedy_equal": "-"})
-        configs = [("domino", "chain", True), ("dflash", "chain", True), ("domino", "tree", True),
-                   ("dflash", "tree", True), ("domino-backbone", "chain", False)]
-        for name, drafting, use_head in configs:
-            draft = drafts["domino" if name.startswith("domino") else "dflash"]
-            r = run(target, prompts, draft=draft, temperature=temp, seed=args.seed,
-                    max_new=args.max_new_tokens, tree=drafting == "tree", args=args, use_head=use_head)
-            same = "-"
-            if temp == 0.0:
-                same = r["tokens"] == base["tokens"]
-                ok &= same
-            rows.append({"T": temp, "drafter": name, "drafting": drafting, "tau": r["tau"],
-                         "tok_per_s": r["tokens_per_s"], "speedup": r["tokens_per_s"] / base["tokens_per_s"],
-                         "greedy_equal": same})
-            print(f"T={temp} {name} {drafting}: tau {r['tau']:.2f}, {r['tokens_per_s']:.0f} tok/s", file=sys.stderr)
-    cols = ["T", "drafter", "drafting", "tau", "tok_per_s", "speedup", "greedy_equal"]
+    rows = []
+    for temp in temps:
+        rows += run_temperature(target, drafts, prompts, temp, args)
+    ok = all(r["greedy_equal"] in ("-", True) for r in rows)
+    costs = step_costs(drafts)
+    for c in costs:
+        print(f"measured step costs ({c['config']}): plain {1e3 * c['plain_s']:.2f} ms, draft "
+              f"{1e3 * c['draft_s']:.2f} ms, verify +{1e3 * c['verify_per_token_s']:.3f} ms per drafted token")
+    cols = ["T", "drafter", "drafting", "policy", "rule", "tau", "tau_target_only_rule", "drafted_steps",
+            "tok_per_s", "speedup", "greedy_equal"]
     print(f"{len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, batch 1, {args.device}, "
           f"{args.dtype}, {torch.get_num_threads()} threads; tree: top-{args.tree_topk}, "
-          f"{args.tree_budget} nodes")
+          f"{args.tree_budget} nodes; tau over drafted steps")
     print_table(rows, cols)
     path = write_results("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
                                           "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                                           "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
-                                          "dtype": args.dtype}, device=args.device)
+                                          "dtype": args.dtype, "step_costs": costs}, device=args.device)
     print(f"wrote {path}")
     if not ok:
         print("ERROR: a greedy speculative output differs from target-only decoding", file=sys.stderr)

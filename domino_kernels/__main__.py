@@ -77,7 +77,8 @@ def run_generate(args) -> int:
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                        ignore_eos=args.ignore_eos, num_proposals=args.num_proposals,
                        tree_topk=args.tree_topk, tree_budget=args.tree_budget,
-                       use_head=not args.dflash_only, trace=args.trace, on_step=progress)
+                       use_head=not args.dflash_only, trace=args.trace, on_step=progress,
+                       spec_policy=args.spec_policy, draft_temperature=args.draft_temperature)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     tokens = res.tokens[0]
@@ -108,7 +109,8 @@ def summary_line(st: dict) -> str:
         busy = st["draft_s"] + st["verify_s"] + st["bookkeeping_s"]
         share = (f", draft {100 * st['draft_s'] / busy:.0f}% / verify {100 * st['verify_s'] / busy:.0f}% / "
                  f"bookkeeping {100 * st['bookkeeping_s'] / busy:.0f}%") if busy > 0 else ""
-    return (f"[{st['mode']}] {st['new_tokens']} tokens in {st['total_s']:.2f} s: "
+    mode = st["mode"] if st["mode"] == "target-only" else f"{st['mode']}; verified by {st['rule']}; {st['spec_policy']} policy"
+    return (f"[{mode}] {st['new_tokens']} tokens in {st['total_s']:.2f} s: "
             f"{st['tokens_per_s']:.1f} tokens/s, tau {st['tau']:.2f} over {st['steps']} steps{share}")
 
 
@@ -179,6 +181,12 @@ def main(argv=None) -> int:
                    help="tree drafting: children per expanded node and nodes expanded per depth (beam)")
     g.add_argument("--tree-budget", type=int, default=0,
                    help="tree drafting: nodes verified besides the anchor (the best of all candidates)")
+    g.add_argument("--spec-policy", default="adaptive", choices=["adaptive", "fixed"],
+                   help="adaptive: per step the draft length (0 = a plain target step) with the most "
+                        "expected tokens/s; fixed: always the full draft (docs/decode.md)")
+    g.add_argument("--draft-temperature", type=float, default=None,
+                   help="temperature of sampled chain drafts at --temperature > 0 (default: the same; "
+                        "0: greedy drafts, verified by the target-only rule)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the config's)")
     g.add_argument("--threads", type=int, default=0,

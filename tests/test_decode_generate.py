@@ -117,10 +117,10 @@ def test_gru_table_path_stays_lossless(tmp_path, pair):
     draft = load_draft(str(make_draft(tmp_path, 32) and tmp_path), target)
     prompts = _prompts(31, [5, 2])
     ref = generate(target, prompts, max_new_tokens=16).tokens
-    plain = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True)
+    plain = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True, spec_policy="fixed")
     draft.use_gru_table(target)
     assert draft.gru_table.shape == (V, 3 * 24)
-    table = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True)
+    table = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True, spec_policy="fixed")
     assert table.tokens == plain.tokens == ref
     assert generate(target, prompts, draft=draft, max_new_tokens=16, tree_topk=2, tree_budget=6).tokens == ref
     assert [r["draft"] for r in table.trace] == [r["draft"] for r in plain.trace]  # fp32: same drafts
@@ -219,8 +219,19 @@ def test_bad_input(pair):
         generate(target, [])
     with pytest.raises(ValueError, match="needs both 'tree_topk' and 'tree_budget'"):
         generate(target, [[1]], draft=domino, tree_topk=2)
-    with pytest.raises(ValueError, match="need temperature >= 0"):
+    with pytest.raises(ValueError, match="'temperature' must be a finite number >= 0"):
         generate(target, [[1]], temperature=-1.0)
+    with pytest.raises(ValueError, match="'temperature' must be a finite number >= 0"):
+        generate(target, [[1]], temperature=float("nan"))
+    with pytest.raises(ValueError, match="'top_p' must be in"):
+        generate(target, [[1]], temperature=1.0, top_p=0.0)
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="'draft_temperature' must be a finite number >= 0"):
+            generate(target, [[1]], draft=domino, temperature=1.0, draft_temperature=bad)
+    with pytest.raises(ValueError, match="'spec_policy' must be one of \\['adaptive', 'fixed'\\]"):
+        generate(target, [[1]], draft=domino, spec_policy="greedy")
+    with pytest.raises(ValueError, match="'compare_rule' must be one of"):
+        generate(target, [[1]], draft=domino, compare_rule="nope")
     out = generate(target, [[1, 2, 3]], draft=domino, max_new_tokens=0)
     assert out.tokens == [[]] and out.stats["new_tokens"] == 0
 
@@ -228,8 +239,10 @@ def test_bad_input(pair):
 @pytest.mark.parametrize("tree", [False, True])
 def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_path, tree):
     """Three sampled tokens (T=0.8, top-k 4) from a 6-token vocabulary, 1e5 sequences through the
-    batch dimension, against the exact sequence probabilities of the transformers model; chain and
-    tree drafts. False-alarm rate of the G-test: alpha = 1e-4 per case at these fixed seeds."""
+    batch dimension, against the exact sequence probabilities of the transformers model; greedy
+    chain drafts (draft temperature 0) and deterministic trees, both verified by the target-only
+    rule (sampled chains: tests/test_decode_sampled.py). False-alarm rate of the G-test:
+    alpha = 1e-4 per case at these fixed seeds."""
     vocab = 6
     hf = make_target(tmp_path / "t", vocab=vocab, hidden=16, layers=2, heads=2, kv_heads=1, inter=32,
                      init_range=0.5, seed=4)
@@ -268,7 +281,8 @@ def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_p
     taus = []
     for chunk in range(4):
         out = generate(target, [prompt] * 25000, draft=draft, max_new_tokens=3, temperature=0.8, top_k=4,
-                       seed=100 + chunk + 10 * tree, **kw)
+                       seed=100 + chunk + 10 * tree, draft_temperature=0.0, spec_policy="fixed", **kw)
+        assert out.stats["rule"] == "target_only"
         seq = np.array(out.tokens)
         np.add.at(counts, seq[:, 0] * vocab ** 2 + seq[:, 1] * vocab + seq[:, 2], 1)
         taus.append(out.stats["tau"])
@@ -282,12 +296,19 @@ def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_p
 
 
 def test_sampling_is_reproducible_from_the_seed(pair):
+    """The fixed policy (and an adaptive one with frozen costs) is a function of the seed; the
+    default adaptive policy's choices also depend on measured timings."""
+    from domino_kernels.spec_policy import AdaptivePolicy, StepCosts
+
     _, target, domino, _ = pair
     prompts = _prompts(2, [4, 6])
-    a = generate(target, prompts, draft=domino, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
-    b = generate(target, prompts, draft=domino, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
-    c = generate(target, prompts, draft=domino, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=8)
-    assert a.tokens == b.tokens and a.tokens != c.tokens
+    for policy in ("fixed", lambda: AdaptivePolicy(StepCosts(1.0, 0.5, 0.01, frozen=True))):
+        kw = dict(draft=domino, max_new_tokens=12, temperature=1.0, top_p=0.9)
+        make = (lambda: policy) if isinstance(policy, str) else policy
+        a = generate(target, prompts, seed=7, spec_policy=make(), **kw)
+        b = generate(target, prompts, seed=7, spec_policy=make(), **kw)
+        c = generate(target, prompts, seed=8, spec_policy=make(), **kw)
+        assert a.tokens == b.tokens and a.tokens != c.tokens
 
 
 def test_cli_json_and_trace(tmp_path):
@@ -296,7 +317,7 @@ def test_cli_json_and_trace(tmp_path):
     base = ["generate", "--target", str(tmp_path / "t"), "--prompt-ids", "5,6,7", "--max-new-tokens", "9",
             "--ignore-eos", "--json"]
     runs = {}
-    for name, extra in {"plain": ["--no-draft"], "chain": ["--draft", str(tmp_path / "d"), "--trace"],
+    for name, extra in {"plain": ["--no-draft"], "chain": ["--draft", str(tmp_path / "d"), "--trace", "--spec-policy", "fixed"],
                         "tree": ["--draft", str(tmp_path / "d"), "--tree-topk", "2", "--tree-budget", "5"]}.items():
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
@@ -331,7 +352,7 @@ def test_cli_text_prompt_with_tokenizer_and_summary_line(tmp_path, capsys):
     assert cli(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == [words[t] for t in ids]
-    assert lines[-1].startswith("[chain domino] 6 tokens in") and "tokens/s, tau" in lines[-1]
+    assert lines[-1].startswith("[chain domino; verified by greedy; adaptive policy] 6 tokens in") and "tokens/s, tau" in lines[-1]
 
 
 @pytest.mark.parametrize("case", range(6))
@@ -372,6 +393,11 @@ def test_cuda_decoding_is_lossless_and_matches_cpu(tmp_path, pair):
     assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24).tokens == ref
     assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24, tree_topk=2,
                     tree_budget=8).tokens == ref
-    s1 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5)
-    s2 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5)
-    assert s1.tokens == s2.tokens
+    for policy in ("fixed", "adaptive"):   # greedy: every policy
+        assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24, spec_policy=policy).tokens == ref
+    # sampled chains (rollout q rows + rejection) on the device: reproducible under the fixed policy
+    s1 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5,
+                  spec_policy="fixed")
+    s2 = generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=16, temperature=1.0, seed=5,
+                  spec_policy="fixed")
+    assert s1.tokens == s2.tokens and s1.stats["rule"] == "rejection"

@@ -8,7 +8,7 @@ its K/V are written past the committed length as scratch and never kept.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -33,6 +33,9 @@ class DraftModel:
     head: Optional[DominoHeadWeights]
     gru_table: Optional[torch.Tensor] = None   # [V, 3G] = embed @ w_ih^T, see use_gru_table
     w2_packed: Optional[torch.Tensor] = None   # CPU copy of head.w2 for the packed kernel, see use_packed_w2
+    # adaptive speculation policies per decoding configuration (generate(): measured step costs and
+    # acceptance carry over between calls)
+    policies: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         c = self.cfg.layers
@@ -44,9 +47,12 @@ class DraftModel:
                             self.fc.dtype, self.fc.device, page_size)
 
     def append_context(self, feats: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
-                       rows: torch.Tensor, q_cu_lens: torch.Tensor) -> None:
+                       rows: torch.Tensor, q_cu_lens: torch.Tensor,
+                       commit_lens: Optional[torch.Tensor] = None) -> None:
         """Write the context K/V of newly committed positions (packed ``feats [total, nT*H]``) in
-        every layer and commit them (spec §2.2)."""
+        every layer and commit them (spec §2.2). ``commit_lens [B]`` commits only the first
+        ``commit_lens[b]`` of request b's rows (default: all): the rest are scratch, so a padded
+        batch of features can be appended without reading its ragged counts on the host."""
         c = self.cfg.layers
         ctx = rms_norm(F.linear(feats, self.fc), self.hidden_norm, c.rms_norm_eps)
         cos, sin = self.rope.cos_sin(positions, ctx.dtype)
@@ -55,17 +61,19 @@ class DraftModel:
             k, v = F.linear(ctx, layer.w_qkv[nq * d:]).split([nkv * d, nkv * d], dim=-1)
             k = Rope.apply(rms_norm(k.view(-1, nkv, d), layer.k_norm, c.rms_norm_eps), cos, sin)
             view.append(k, v.reshape(-1, nkv, d))
-        cache.commit(rows, q_cu_lens[1:] - q_cu_lens[:-1])
+        cache.commit(rows, q_cu_lens[1:] - q_cu_lens[:-1] if commit_lens is None else commit_lens)
 
     def block_forward(self, anchor: torch.Tensor, embed: torch.Tensor, cache: PagedKVCache,
-                      rows: torch.Tensor) -> torch.Tensor:
-        """``z [B, block_size, H]`` (after the final norm) for blocks anchored at each request's
-        committed draft length ``s`` (the anchor's position)."""
+                      rows: torch.Tensor, start: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``z [B, block_size, H]`` (after the final norm) for blocks anchored at position ``start``
+        (default: each request's committed draft length, which is the anchor's position unless
+        context positions were left out of the draft cache)."""
         c, bs = self.cfg.layers, self.cfg.block_size
         b = anchor.shape[0]
         ids = torch.full((b, bs), self.cfg.mask_token_id, dtype=torch.int64, device=anchor.device)
         ids[:, 0] = anchor
-        positions = (cache.lens[rows].long()[:, None] + torch.arange(bs, device=anchor.device)).reshape(-1)
+        first = cache.lens[rows] if start is None else start
+        positions = (first.long()[:, None] + torch.arange(bs, device=anchor.device)).reshape(-1)
         cu = torch.arange(0, (b + 1) * bs, bs, dtype=torch.int32, device=anchor.device)
         cos, sin = self.rope.cos_sin(positions, embed.dtype)
         x = embed[ids.reshape(-1)]
@@ -110,6 +118,22 @@ class DraftModel:
             gru_table=self.gru_table, w2_packed=self.w2_packed)
         return tokens
 
+    def sample_chain(self, z, anchor, target: Qwen3, n: int, temperature: torch.Tensor,
+                     seed: torch.Tensor, offset: torch.Tensor):
+        """``n`` draft tokens per request sampled from the draft's own distribution
+        ``q = softmax(scores / temperature)`` (Gumbel-max, Philox stream of the chain rollout), and
+        the rows they were drawn from: ``(tokens [B, n], q_rows [B, n, V] fp32)``. Without a
+        Domino head the rollout runs with the rank-1 zero head, so q is the DFlash base softmax."""
+        base = F.linear(self.proposal_hidden(z, n), target.lm_head).float()
+        head = self.head if self.head is not None else self._zero_head(target)
+        tokens, _, q_rows = ops.domino_rollout(
+            z, base, anchor, head, target.embed, num_proposals=n,
+            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
+            temperature=temperature, seed=seed, offset=offset, return_q_rows=True,
+            gru_table=self.gru_table if self.head is not None else None,
+            w2_packed=self.w2_packed if self.head is not None else None)
+        return tokens, q_rows
+
     def propose_tree(self, z, anchor, target: Qwen3, topk: int, budget: int):
         """(tokens, parents, num_nodes) of a draft tree with node 0 = anchor, in verify's layout.
         Without a Domino head the tree rollout runs with a rank-1 zero head: its correction is
@@ -123,6 +147,22 @@ class DraftModel:
             gru_table=self.gru_table if self.head is not None else None,
             w2_packed=self.w2_packed if self.head is not None else None)
         return tokens, parents, num
+
+    def sample_tree(self, z, anchor, target: Qwen3, topk: int, budget: int, temperature: torch.Tensor,
+                    seed: torch.Tensor, offset: torch.Tensor):
+        """A sampled draft tree (each expanded node's children drawn by Gumbel-top-k from its q: a
+        sample without replacement) and the q rows they were drawn from:
+        ``(tokens, parents, num_nodes, q_rows [B, budget+1, V] fp32)``, in verify's layout."""
+        depth = min(budget, self.max_proposals())
+        base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
+        head = self.head if self.head is not None else self._zero_head(target)
+        tokens, parents, _, num, q_rows = ops.domino_tree_rollout(
+            z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
+            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
+            temperature=temperature, seed=seed, offset=offset, return_q_rows=True,
+            gru_table=self.gru_table if self.head is not None else None,
+            w2_packed=self.w2_packed if self.head is not None else None)
+        return tokens, parents, num, q_rows
 
     def _zero_head(self, target: Qwen3):
         if getattr(self, "_zero", None) is None:
