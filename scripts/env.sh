@@ -21,17 +21,7 @@ PY="$ROOT/$VENV/bin/python"
 # builder and CMake, so the machine needs no system ninja.
 export PATH="$ROOT/$VENV/bin:$PATH"
 
-# pip -q still prints one "Location ... is ignored" warning per package on machines whose pip
-# config names a missing local index; keep the output readable, and show everything on failure.
-pip_quiet() {
-  local log rc=0
-  log=$(mktemp)
-  "$PY" -m pip --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
-  if [ "$rc" = 0 ]; then grep -v -e "is ignored: it is neither" -e '^[[:space:]]*$' "$log" || true
-  else cat "$log" >&2; fi
-  rm -f "$log"
-  return "$rc"
-}
+source "$ROOT/scripts/pip_quiet.sh"
 
 if [ ! -x "$PY" ]; then
   echo "[env] creating $VENV"
@@ -40,12 +30,12 @@ fi
 stamp="$VENV/.domino-deps-$(cat requirements/common.txt "requirements/$DOMINO_TORCH.txt" | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
   echo "[env] installing pinned dependencies into $VENV (requirements/$DOMINO_TORCH.txt + common.txt)"
-  pip_quiet install -q -r "requirements/$DOMINO_TORCH.txt" -r requirements/common.txt
+  pip_quiet "$PY" install -q -r "requirements/$DOMINO_TORCH.txt" -r requirements/common.txt
   touch "$stamp"
 fi
 if ! "$PY" -c "import domino_kernels" >/dev/null 2>&1 || [ ! -f "$VENV/.domino-installed" ]; then
   echo "[env] building and installing domino-kernels (pip install --no-build-isolation -e .)"
-  pip_quiet install -q --no-build-isolation --no-deps -e .
+  pip_quiet "$PY" install -q --no-build-isolation --no-deps -e .
   touch "$VENV/.domino-installed"
 else
   # Incremental rebuild: ninja recompiles only what changed (a no-op takes a few seconds).

