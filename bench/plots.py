@@ -134,7 +134,7 @@ def _tokens_per_s(data: dict, ax, value: str, group_keys: tuple[str, ...], serie
 
 
 def plot_models(data: dict, ax) -> None:
-    _tokens_per_s(data, ax, "tok_per_s", ("T",), ("drafter", "drafting"),
+    _tokens_per_s(data, ax, "tok_per_s", ("T",), ("drafter", "drafting", "policy"),
                   f"decode on the trained default pair: {data.get('prompts', '?')} prompts x "
                   f"{data.get('max_new_tokens', '?')} tokens, batch 1")
 
@@ -144,8 +144,42 @@ def plot_e2e(data: dict, ax) -> None:
                   "decode loop: tokens/s by mode (random-weight target)")
 
 
+def plot_tree(data: dict, ax) -> None:
+    """Tree τ over the chain's τ by budget, one bar per fan-out, and the worst prompt's ratio."""
+    rows = _rows(data, "budget", "topk", "tau_ratio")
+    budgets = list(dict.fromkeys(r["budget"] for r in rows))
+    series: dict[str, list[float | None]] = {}
+    for k in dict.fromkeys(r["topk"] for r in rows):
+        by_budget = {r["budget"]: r for r in rows if r["topk"] == k}
+        series[f"topk {k}: mean"] = [by_budget[b]["tau_ratio"] if b in by_budget else None for b in budgets]
+        series[f"topk {k}: worst prompt"] = [by_budget[b].get("worst_prompt_ratio") if b in by_budget else None
+                                            for b in budgets]
+    _grouped_bars(ax, [f"budget {b}" for b in budgets], series)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_ylabel("τ tree / τ chain")
+    ax.set_title("dynamic Domino tree vs the chain of min(budget, 16), T=0")
+    ax.legend(fontsize=7, ncol=3)
+
+
+def plot_rollout_tree(data: dict, ax) -> None:
+    """Rollout time of the tree and of the chain at the same shapes."""
+    rows = _rows(data, "chain_us", "tree_us")
+    groups = [f"B={r['batch']} beam={r.get('beam')} depth={r.get('depth')}" for r in rows]
+    _grouped_bars(ax, groups, {"chain": [r["chain_us"] / 1e3 for r in rows],
+                               "tree": [r["tree_us"] / 1e3 for r in rows]},
+                  colors={"chain": COLORS["baseline"], "tree": COLORS["ours"]})
+    ax.set_ylabel("ms per rollout")
+    ax.set_title("domino_tree_rollout vs domino_rollout (Qwen3-8B head shapes)")
+
+
+def plot_vllm(data: dict, ax) -> None:
+    _tokens_per_s(data, ax, "tok_per_s", (), ("engine", "drafting"),
+                  "vLLM CPU build: target-only, ngram, DFlash, Domino plugin, and our loop")
+
+
 PLOTTERS: dict[str, Callable] = {"rollout": plot_rollout, "verify": plot_verify, "sampling": plot_sampling,
-                                 "attention": plot_attention, "models": plot_models, "e2e": plot_e2e}
+                                 "attention": plot_attention, "models": plot_models, "e2e": plot_e2e,
+                                 "tree": plot_tree, "rollout-tree": plot_rollout_tree, "vllm": plot_vllm}
 
 
 def save_png(json_path: str) -> str | None:
