@@ -76,13 +76,14 @@ def run_ours(target, draft, prompts, args) -> dict:
     def one_pass():
         toks, taus = [], []
         for p in prompts:
+            # the fixed policy drafts K tokens every step, as vLLM does (same τ per prompt)
             r = generate(target, [p], draft=draft, max_new_tokens=args.max_new_tokens, ignore_eos=True,
-                         num_proposals=K if draft is not None else None)
+                         num_proposals=K if draft is not None else None, spec_policy="fixed")
             toks.append(r.tokens[0])
             taus.append(r.stats["tau"])
         return toks, taus
 
-    generate(target, [prompts[0]], draft=draft, max_new_tokens=16, ignore_eos=True)  # warm-up
+    generate(target, [prompts[0]], draft=draft, max_new_tokens=16, ignore_eos=True, spec_policy="fixed")  # warm-up
     seconds = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()

@@ -98,10 +98,13 @@ def ours(prompts, ragged):
                              for p in ragged]}
     for name in ("draft-domino", "draft-dflash"):
         draft = load_draft(os.path.join(ASSETS, name), target)
-        runs = [generate(target, [p], draft=draft, max_new_tokens=MAX_TOKENS, ignore_eos=True, num_proposals=K)
-                for p in prompts]
+        # vLLM drafts K tokens every step: our loop's fixed policy does the same (the adaptive one
+        # may take plain steps, which changes τ, not the output)
+        runs = [generate(target, [p], draft=draft, max_new_tokens=MAX_TOKENS, ignore_eos=True, num_proposals=K,
+                         spec_policy="fixed") for p in prompts]
         out[name] = {"tokens": [r.tokens[0] for r in runs], "tau": [r.stats["tau"] for r in runs]}
-        batch = generate(target, ragged, draft=draft, max_new_tokens=MAX_TOKENS, ignore_eos=True, num_proposals=K)
+        batch = generate(target, ragged, draft=draft, max_new_tokens=MAX_TOKENS, ignore_eos=True, num_proposals=K,
+                         spec_policy="fixed")
         out[name + "/ragged"] = {"tokens": batch.tokens, "tau": batch.stats["tau"]}
     return out
 
