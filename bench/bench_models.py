@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from bench.harness import print_table, write_results
+from bench.harness import finish, print_table
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "domino_kernels", "assets", "default")
 
@@ -172,14 +172,11 @@ def main(argv=None) -> int:
           f"{args.dtype}, {torch.get_num_threads()} threads; tree: top-{args.tree_topk}, "
           f"{args.tree_budget} nodes; tau over drafted steps")
     print_table(rows, cols)
-    path = write_results("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
-                                          "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
-                                          "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
-                                          "dtype": args.dtype, "step_costs": costs}, device=args.device)
-    print(f"wrote {path}")
-    if not ok:
-        print("ERROR: a greedy speculative output differs from target-only decoding", file=sys.stderr)
-    return 0 if ok else 1
+    return finish("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
+                                   "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+                                   "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
+                                   "dtype": args.dtype, "step_costs": costs}, ok,
+                  "a greedy speculative output differs from target-only decoding", device=args.device)
 
 
 if __name__ == "__main__":

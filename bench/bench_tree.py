@@ -20,7 +20,7 @@ import time
 import torch
 
 from bench.bench_models import DEFAULT_ROOT, heldout_prompts
-from bench.harness import print_table, write_results
+from bench.harness import finish, print_table
 
 
 def decode(target, draft, prompt, *, max_new, **kw):
@@ -95,13 +95,10 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"budget {r['budget']} topk {r['topk']}: per-prompt tau chain {r['chain_tau_per_prompt']} "
               f"tree {r['tree_tau_per_prompt']}")
-    path = write_results("tree", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
-                                        "prompt_len": args.prompt_len,
-                                        "max_new_tokens": args.max_new_tokens, "dtype": args.dtype})
-    print(f"wrote {path}")
-    if not ok:
-        print("ERROR: a speculative output differs from target-only greedy decoding", file=sys.stderr)
-    return 0 if ok else 1
+    return finish("tree", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
+                                 "prompt_len": args.prompt_len,
+                                 "max_new_tokens": args.max_new_tokens, "dtype": args.dtype}, ok,
+                  "a speculative output differs from target-only greedy decoding")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 import torch
 
 from bench.bench_models import DEFAULT_ROOT, heldout_prompts
-from bench.harness import print_table, write_results
+from bench.harness import finish, print_table
 
 K = 15  # num_speculative_tokens for every speculative configuration (the drafters' block: 1 + 15)
 
@@ -146,14 +146,11 @@ def main(argv=None) -> int:
     print_table(rows, ["engine", "drafting", "mean_tau", "tok_per_s", "vs_vllm_target_only", "vs_own_target_only",
                        "greedy_equal"])
     print(f"τ per prompt identical in vLLM and our loop: {same_tau}")
-    path = write_results("vllm", rows, {"vllm": vllm.__version__, "prompts": len(prompts),
-                                        "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
-                                        "repeats": args.repeats, "dtype": args.dtype, "cores": args.cores,
-                                        "num_speculative_tokens": K, "tau_per_prompt_identical": same_tau})
-    print(f"wrote {path}")
-    if not ok:
-        print("ERROR: a greedy output differs from vLLM target-only decoding", file=sys.stderr)
-    return 0 if ok else 1
+    return finish("vllm", rows, {"vllm": vllm.__version__, "prompts": len(prompts),
+                                 "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+                                 "repeats": args.repeats, "dtype": args.dtype, "cores": args.cores,
+                                 "num_speculative_tokens": K, "tau_per_prompt_identical": same_tau}, ok,
+                  "a greedy output differs from vLLM target-only decoding")
 
 
 if __name__ == "__main__":

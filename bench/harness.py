@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Iterable
 
@@ -152,6 +153,16 @@ def write_results(name: str, rows: list[dict], extra: dict | None = None,
     if png:
         print(f"plot: {png}")
     return path
+
+
+def finish(name: str, rows: list[dict], extra: dict, ok: bool, failure: str,
+           device: torch.device | str = "cpu") -> int:
+    """Write the results (``write_results``) and return a decode benchmark's exit status: 0, or 1
+    with ``failure`` on stderr when an output check failed (``ok`` false)."""
+    print(f"wrote {write_results(name, rows, extra, device=device)}")
+    if not ok:
+        print(f"ERROR: {failure}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def print_table(rows: Iterable[dict], columns: list[str]) -> None:
