@@ -157,6 +157,15 @@ def flush_pending(state: DecodeState) -> None:
 
 # ---- stage 1: draft ----------------------------------------------------------------------------
 
+def verify_rule(tree: bool, sampled: bool, greedy: bool) -> str:
+    """The lossless rule for a draft: sampled chains by rejection with their q rows, sampled trees
+    by rejection without replacement (RSD); deterministic drafts greedily at T = 0, else by the
+    target-only rule (sample-and-match)."""
+    if sampled:
+        return "rejection_without_replacement" if tree else "rejection"
+    return "greedy" if greedy else "target_only"
+
+
 def draft_chain(state: DecodeState, n: int, sampled: bool) -> Draft:
     """``n`` proposals per active request: sampled from the draft's q (verified by rejection), or
     greedy (verified by the greedy rule at T = 0, by sample-and-match at T > 0)."""
@@ -168,13 +177,12 @@ def draft_chain(state: DecodeState, n: int, sampled: bool) -> Draft:
         y, q = state.draft.sample_chain(z, anchor, state.target, n, s.draft_temperature[rows], s.seed[rows],
                                         s.offset[rows])
         q_rows = torch.cat([q, q.new_zeros(b, 1, q.shape[-1])], dim=1)  # the last node has no children
-        rule = "rejection"
     else:
         y, q_rows = state.draft.propose_chain(z, anchor, state.target, n), None
-        rule = "greedy" if state.greedy else "target_only"
     tokens = torch.cat([anchor[:, None], y], dim=1)
     return Draft(tokens, kernels.chain_parents(b, n + 1, dev),
-                 torch.full((b,), n + 1, dtype=torch.int64, device=dev), rule, q_rows)
+                 torch.full((b,), n + 1, dtype=torch.int64, device=dev), verify_rule(False, sampled, state.greedy),
+                 q_rows)
 
 
 def draft_tree(state: DecodeState, topk: int, budget: int, sampled: bool) -> Draft:
@@ -189,11 +197,11 @@ def draft_tree(state: DecodeState, topk: int, budget: int, sampled: bool) -> Dra
         tokens, parents, num, q_rows = state.draft.sample_tree(z, anchor, state.target, topk, budget,
                                                                s.draft_temperature[rows], s.seed[rows],
                                                                s.offset[rows])
-        rule = "rejection_without_replacement"
     else:
         tokens, parents, num = state.draft.propose_tree(z, anchor, state.target, topk, budget)
-        q_rows, rule = None, "greedy" if state.greedy else "target_only"
-    return Draft(tokens.contiguous(), parents.contiguous(), num.to(torch.int64), rule,
+        q_rows = None
+    return Draft(tokens.contiguous(), parents.contiguous(), num.to(torch.int64),
+                 verify_rule(True, sampled, state.greedy),
                  None if q_rows is None else q_rows.contiguous(), tree=True)
 
 

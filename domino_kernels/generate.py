@@ -25,7 +25,7 @@ import torch
 
 from . import ops as kernels
 from .decode_step import (DecodeState, Sampling, accept, draft_chain, draft_tree, drafting_model, plain_step,
-                          verify, verify_logits)
+                          verify, verify_logits, verify_rule)
 from .model.dflash import DraftModel
 from .model.qwen3 import Qwen3
 from .spec_policy import make_policy
@@ -153,8 +153,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
                 draft.use_packed_w2()  # likewise (a no-op without AVX512_BF16 or a bf16 head)
         stats["mode"] = ("tree" if tree else "chain") + (" domino" if use_head and draft.head is not None
                                                          else " dflash")
-        stats["rule"] = (("rejection_without_replacement" if tree else "rejection") if sampled
-                         else ("greedy" if greedy else "target_only"))
+        stats["rule"] = verify_rule(tree, sampled, greedy)
         key = (bsz, tree_topk, tree_budget, n_prop, use_head, float(temperature), top_k, float(top_p), d_temp,
                str(dev))
         policy = make_policy(spec_policy, cache=draft.policies, key=key)
