@@ -38,8 +38,8 @@ struct HeadArgs {
 };
 
 // Largest number of proposals (chain), depth and node budget (tree) per request: the engines keep
-// per-node arrays of this size and hold the counts in 32 bits.
-constexpr int64_t kMaxNodes = 4096;
+// per-node arrays of this size and hold the counts in 32 bits. One limit, the core's.
+constexpr int64_t kMaxNodes = rollout::kMaxTreeBudget;
 
 // The packed W2 layout's shape for W2 [V, E].
 std::vector<int64_t> packed_w2_shape(int64_t V, int64_t E) {
@@ -259,8 +259,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> domino_tree_rollout(
   rollout::RolloutParams p = common_params(x, depth, shift_label, pure_prefix_len, kOp, "depth");
   DOMINO_CHECK_ARG(topk >= 1 && topk <= rollout::kMaxTopK, kOp, "topk", "must be in [1, ",
                    rollout::kMaxTopK, "], got ", topk);
-  DOMINO_CHECK_ARG(budget >= 1 && budget <= rollout::kMaxTreeBudget, kOp, "budget", "must be in [1, ",
-                   rollout::kMaxTreeBudget, "], got ", budget);
+  DOMINO_CHECK_ARG(budget >= 1 && budget <= kMaxNodes, kOp, "budget", "must be in [1, ", kMaxNodes,
+                   "], got ", budget);
   const int64_t B = p.B, M = budget + 1, V = p.V;
   p.tree = true;
   p.topk = int32_t(topk);
