@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -32,11 +32,35 @@ from .spec_policy import make_policy
 from .ops.verify import RULES
 
 
+class StepSpan(NamedTuple):
+    """What one step appended to one request's output: ``emitted`` tokens, of which the first
+    ``min(accepted, emitted)`` are draft tokens the target accepted and the rest (at most one) is
+    the target's own token (the bonus token after a fully accepted draft, else the correction).
+    ``depth``: the most draft tokens the step could accept (the chain length or the tree's depth;
+    0 for the prefill's first token and for plain target steps). ``accepted``: the verifier's
+    accepted length, counted before the stop rules, so ``emitted < accepted + 1`` only at the
+    request's stop token or ``max_new_tokens``."""
+
+    depth: int
+    accepted: int
+    emitted: int
+
+
 @dataclass
 class GenerateResult:
-    tokens: list                        # per request: generated ids (prompt excluded)
+    """``tokens``: per request, the generated ids (prompt excluded). ``stats``: the run's counters
+    and timings (``tau``, ``accept_hist``, ``tokens_per_s``, ...). ``trace`` (``trace=True`` only):
+    per decode step the requests, drafts, parents (trees) and accepted lengths. ``spans``: per
+    request, one :class:`StepSpan` per step it took part in, the prefill's first token first
+    (``StepSpan(0, 0, 1)``); the spans partition its output in order (``sum(emitted) ==
+    len(tokens[b])``), and over the spans with ``depth > 0`` the mean of ``accepted + 1`` is
+    ``stats["tau"]`` (for a batch, over all requests' drafted spans). Recorded from the host values
+    the loop reads anyway (no extra device sync)."""
+
+    tokens: list
     stats: dict
-    trace: Optional[list] = None        # per decode step: requests, draft, parents (tree), accepted
+    trace: Optional[list] = None
+    spans: list = field(default_factory=list)
 
 
 @dataclass
@@ -48,14 +72,17 @@ class _Outputs:
     tokens: list = field(default_factory=list)
     done: list = field(default_factory=list)
 
-    def emit(self, b: int, ids: Sequence[int]) -> None:
+    def emit(self, b: int, ids: Sequence[int]) -> int:
+        """Append ``ids`` to request b's output until it is done; returns how many were appended."""
         out = self.tokens[b]
+        n = len(out)
         for t in ids:
             if self.done[b]:
-                return
+                break
             out.append(int(t))
             if len(out) >= self.max_new or int(t) in self.stop:
                 self.done[b] = True
+        return len(out) - n
 
 
 def _sync(device) -> None:
@@ -129,10 +156,11 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     bsz = len(prompts)
     stop = set() if ignore_eos else set(target.cfg.eos_token_ids if stop_ids is None else stop_ids)
     outs = _Outputs(max_new_tokens, stop, [[] for _ in prompts], [max_new_tokens == 0] * bsz)
+    spans = [[] for _ in prompts]
     stats = {"requests": bsz, "steps": 0, "new_tokens": 0, "prefill_s": 0.0, "draft_s": 0.0,
              "verify_s": 0.0, "bookkeeping_s": 0.0, "mode": "target-only"}
     if max_new_tokens == 0:
-        return _finish(outs, stats, [], 0.0)
+        return _finish(outs, stats, [], spans, 0.0)
 
     spec = draft is not None
     tree = spec and tree_topk > 0
@@ -176,7 +204,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     if spec:
         target.last_layer_feature = draft.cfg.last_layer_feature
     t0 = time.perf_counter()
-    _prefill(state, prompts, outs)
+    _prefill(state, prompts, outs, spans)
     _sync(dev)
     stats["prefill_s"] = time.perf_counter() - t0
 
@@ -196,7 +224,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
             tc = time.perf_counter()
             acc = [0] * len(nxt)
             for b, t in zip(state.active, nxt):
-                outs.emit(b, [t])
+                spans[b].append(StepSpan(0, 0, outs.emit(b, [t])))
             if records is not None:
                 records.append({"requests": list(state.active), "draft": [[] for _ in nxt], "accepted": acc})
         else:
@@ -218,7 +246,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
                 for k in range(min(a + 1, option[0])):
                     depth_trials[k] += 1
                     depth_hits[k] += k < a
-                outs.emit(b, host[i][1:a + 2])
+                spans[b].append(StepSpan(option[0], a, outs.emit(b, host[i][1:a + 2])))
             if records is not None:
                 records.append(_record(state, d, acc))
         td = time.perf_counter()
@@ -243,10 +271,10 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
             stats["compare_tau"] = compare[0] / compare[1] if compare[1] else 1.0
     else:
         stats["tau"] = 1.0
-    return _finish(outs, stats, records, total)
+    return _finish(outs, stats, records, spans, total)
 
 
-def _prefill(state: DecodeState, prompts: list, outs: _Outputs) -> None:
+def _prefill(state: DecodeState, prompts: list, outs: _Outputs, spans: list) -> None:
     """Every prompt token, packed and causal; logits at each prompt's last token; the first token
     by ``domino::sample``; the prompt's target features go straight into the draft KV."""
     dev, s = state.anchor.device, state.sampling
@@ -262,7 +290,7 @@ def _prefill(state: DecodeState, prompts: list, outs: _Outputs) -> None:
     if state.draft is not None:
         state.draft.append_context(feats, positions, state.draft_cache, all_rows, cu)
     for b, t in enumerate(state.anchor.tolist()):
-        outs.emit(b, [t])
+        spans[b].append(StepSpan(0, 0, outs.emit(b, [t])))
 
 
 def _compare(state, d, v, rule, acc_sum) -> None:
@@ -295,11 +323,11 @@ def _cu(counts, device) -> torch.Tensor:
     return torch.tensor(_cumsum(counts), dtype=torch.int32, device=device)
 
 
-def _finish(outs: _Outputs, stats: dict, records, total_s: float) -> GenerateResult:
+def _finish(outs: _Outputs, stats: dict, records, spans: list, total_s: float) -> GenerateResult:
     new = sum(len(o) for o in outs.tokens)
     stats["new_tokens"] = new
     stats["total_s"] = total_s
     decode_s = total_s - stats["prefill_s"]
     stats["tokens_per_s"] = new / total_s if total_s > 0 else 0.0
     stats["decode_tokens_per_s"] = (new - stats["requests"]) / decode_s if decode_s > 0 else 0.0
-    return GenerateResult(outs.tokens, stats, records)
+    return GenerateResult(outs.tokens, stats, records, spans)
