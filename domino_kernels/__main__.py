@@ -4,7 +4,8 @@ Commands:
   generate  decode with a Qwen3 checkpoint, speculatively with a DFlash/Domino draft checkpoint
   demo      the same decode on the embedded trained pair (a build without it falls back to a tiny
             random target + Domino draft created deterministically under --cache-dir),
-            speculative and target-only, with the summary
+            speculative and target-only: the prompt, the continuation with each step's accepted
+            draft tokens marked (domino_kernels/show.py), and the summary
 """
 from __future__ import annotations
 
@@ -146,17 +147,52 @@ def run_demo(args) -> int:
     draft = load_draft(draft_dir, target)
     tok = load_tokenizer(target_dir)
     prompt = tok.encode(args.prompt) if tok is not None else list(range(1, 17))
-    print(f"demo: {note}; prompt {len(prompt)} tokens")
-    spec = generate(target, [prompt], draft=draft, max_new_tokens=args.max_new_tokens, ignore_eos=True)
+    spec = generate(target, [prompt], draft=draft, max_new_tokens=args.max_new_tokens, ignore_eos=True,
+                    spec_policy=args.spec_policy)
     plain = generate(target, [prompt], max_new_tokens=args.max_new_tokens, ignore_eos=True)
-    print(tok.decode(spec.tokens[0]) if tok is not None else " ".join(map(str, spec.tokens[0])))
+    same = spec.tokens == plain.tokens
+    report = demo_report(spec, plain, prompt, tok, note)
+    if args.json:
+        print(json.dumps(report))
+        return 0 if same else 1
+    from .show import legend, render, use_color
+
+    color = use_color(args.color, sys.stdout)
+    pieces = [(s["accepted_text"], s["target_text"]) for s in report["spans"]]
+    print(f"demo: {note}; greedy, {len(spec.tokens[0])} new tokens")
+    print(f"prompt ({len(prompt)} tokens):")
+    print(report["prompt"])
+    print(f"continuation ({legend(color)}):")
+    print(render(pieces, color))
     print(summary_line(plain.stats))
     print(summary_line(spec.stats))
-    same = spec.tokens == plain.tokens
     print(f"speculative output == target-only greedy output: {same}; speedup "
-          f"{spec.stats['tokens_per_s'] / max(plain.stats['tokens_per_s'], 1e-9):.2f}x at tau "
-          f"{spec.stats['tau']:.2f}")
+          f"{report['speedup']:.2f}x at tau {spec.stats['tau']:.2f}")
     return 0 if same else 1
+
+
+def demo_report(spec, plain, prompt: list, tok, note: str) -> dict:
+    """The demo's JSON object: the prompt, the speculative continuation and its per-step spans
+    (``accepted_ids``: draft tokens the target accepted, ``target_ids``: the target's own token;
+    the first span is the prefill's token), both runs' tokens/s and stats, tau, the verification
+    rule, the policy and whether the greedy speculative output equals the target-only output.
+    Without a tokenizer the texts are the ids, each followed by a space."""
+    from .show import ids_text, span_texts, split_spans
+
+    decode = tok.decode if tok is not None else ids_text
+    tokens = spec.tokens[0]
+    parts = split_spans(tokens, spec.spans[0])
+    texts = span_texts(decode, parts)
+    st, pst = spec.stats, plain.stats
+    return {"pair": note, "prompt": decode(prompt), "prompt_ids": prompt,
+            "continuation": "".join(a + b for a, b in texts), "continuation_ids": tokens,
+            "spans": [{"depth": s.depth, "accepted_ids": a, "target_ids": b, "accepted_text": at,
+                       "target_text": bt} for s, (a, b), (at, bt) in zip(spec.spans[0], parts, texts)],
+            "target_only_tokens_per_s": pst["tokens_per_s"], "speculative_tokens_per_s": st["tokens_per_s"],
+            "speedup": st["tokens_per_s"] / max(pst["tokens_per_s"], 1e-9), "tau": st["tau"],
+            "mode": st["mode"], "rule": st["rule"], "spec_policy": st["spec_policy"],
+            "equal_to_target_only": spec.tokens == plain.tokens,
+            "stats": {"target_only": pst, "speculative": st}}
 
 
 def main(argv=None) -> int:
@@ -194,14 +230,24 @@ def main(argv=None) -> int:
     g.add_argument("--json", action="store_true", help="print one JSON object")
     g.add_argument("--trace", action="store_true", help="record each step's draft and acceptance")
     g.set_defaults(func=run_generate)
-    d = sub.add_parser("demo", help="decode on the embedded default pair and print the summary")
+    d = sub.add_parser("demo", help="decode on the embedded default pair: the prompt, the continuation with "
+                                    "each step's accepted draft tokens marked, and the summary")
     d.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "domino_kernels",
                                                        "demo-v1"))
     d.add_argument("--max-new-tokens", type=int, default=64)
-    d.add_argument("--prompt", default="The quick brown fox", help="used when the pair has a tokenizer")
+    d.add_argument("--prompt", default="def read_config(path):", help="used when the pair has a tokenizer")
+    d.add_argument("--spec-policy", default="adaptive", choices=["adaptive", "fixed"],
+                   help="as for generate (fixed: the same spans every run)")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     d.add_argument("--threads", type=int, default=0,
                    help="CPU threads (default: 1 for small models, else torch's default)")
+    d.add_argument("--color", default="auto", choices=["auto", "always", "never"],
+                   help="mark accepted draft tokens green (auto: when stdout is a terminal and NO_COLOR "
+                        "is unset); without colour they stand between \u27e6 and \u27e7")
+    d.add_argument("--no-color", dest="color", action="store_const", const="never", help="same as --color never")
+    d.add_argument("--json", action="store_true",
+                   help="print one JSON object: prompt, continuation, per-step spans, tokens/s, tau, rule, "
+                        "policy, equality with target-only")
     d.set_defaults(func=run_demo)
     args = ap.parse_args(argv)
     return args.func(args)
