@@ -155,13 +155,13 @@ def run_demo(args) -> int:
     if args.json:
         print(json.dumps(report))
         return 0 if same else 1
-    from .show import legend, render, use_color
+    from .show import legend, printable, render, use_color
 
     color = use_color(args.color, sys.stdout)
     pieces = [(s["accepted_text"], s["target_text"]) for s in report["spans"]]
     print(f"demo: {note}; greedy, {len(spec.tokens[0])} new tokens")
     print(f"prompt ({len(prompt)} tokens):")
-    print(report["prompt"])
+    print(printable(report["prompt"]))
     print(f"continuation ({legend(color)}):")
     print(render(pieces, color))
     print(summary_line(plain.stats))
