@@ -285,7 +285,7 @@ def train_draft(make_model, data: DistillData, held: DistillData, out_dir: str, 
     save_draft(model, out_dir)
     meta = {"seed": seed, "steps": steps, "recipe": asdict(r),
             "data": {**(data_recipe or {}), "train": data.describe(), "heldout": held.describe()},
-            "config": model.cfg.to_dict(),
+            "config": json.load(open(os.path.join(out_dir, "config.json"))),  # as written
             "trainable_params": n_params, "heldout": ev, "curve": curve,
             "train_seconds": time.perf_counter() - t0}
     with open(os.path.join(out_dir, "train_meta.json"), "w") as f:
