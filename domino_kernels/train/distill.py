@@ -100,15 +100,29 @@ def lambda_at(step: int, steps: int, r: DraftRecipe) -> float:
     return max(0.0, r.lambda_start * (1 - step / span))
 
 
-def kl_to_target(logits: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """``KL(p‖q)`` per slot ``[...]`` for draft logits ``[..., V]`` and the target's log-probs."""
-    return F.kl_div(F.log_softmax(logits, dim=-1), log_p, reduction="none", log_target=True).sum(-1)
+class TargetDist:
+    """The target's distribution per slot from its logits ``[..., V]``: ``p`` and ``Σ p·log p``
+    (computed once, shared by every draft path scored against it)."""
+
+    def __init__(self, logits: torch.Tensor):
+        log_p = F.log_softmax(logits, dim=-1)
+        self.p = log_p.exp()
+        self.neg_entropy = (self.p * log_p).sum(-1)
 
 
-def slot_loss(logits, labels, log_p, kl_weight: float):
-    """``(ℓ, KL)`` per slot: ``ℓ = kl_weight·KL(p‖q) + (1-kl_weight)·CE(q, label)``."""
-    ce = F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
-    kl = kl_to_target(logits, log_p)
+def kl_to_target(logits: torch.Tensor, t: TargetDist, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """``KL(p‖q) = Σ p·log p − Σ p·log q`` per slot ``[...]`` for draft logits ``[..., V]``."""
+    if log_q is None:
+        log_q = F.log_softmax(logits, dim=-1)
+    return t.neg_entropy - (t.p * log_q).sum(-1)
+
+
+def slot_loss(logits, labels, t: TargetDist, kl_weight: float):
+    """``(ℓ, KL)`` per slot: ``ℓ = kl_weight·KL(p‖q) + (1-kl_weight)·CE(q, label)``, one
+    log-softmax of the draft logits shared by both terms."""
+    log_q = F.log_softmax(logits, dim=-1)
+    ce = -log_q.gather(-1, labels[..., None]).squeeze(-1)
+    kl = kl_to_target(logits, t, log_q)
     return kl_weight * kl + (1 - kl_weight) * ce, kl
 
 
@@ -133,16 +147,16 @@ def draft_loss(model: DraftModel, data: DistillData, rows, anchors, lam: float, 
     nb, shift = s.block_size, s.shift_label
     base, final = draft_forward(model, data, rows, anchors)
     labels, valid = block_labels(data, rows, anchors, nb, shift)
-    log_p = F.log_softmax(target_logits(data, rows, anchors, nb, shift, model.lm_head), dim=-1)
+    t = TargetDist(target_logits(data, rows, anchors, nb, shift, model.lm_head))
     w = slot_weights(nb, r.gamma, 0 if shift else 1)[None, None] * valid
     denom = w.sum().clamp(min=1e-6)
     n_valid = valid.sum().clamp(min=1)
-    l_base, kl_base = slot_loss(base, labels, log_p, r.kl_weight)
+    l_base, kl_base = slot_loss(base, labels, t, r.kl_weight)
     stats = {"acc_base": float(((base.argmax(-1) == labels) & valid).sum() / n_valid),
              "kl_base": float((kl_base.detach() * w).sum() / denom)}
     if final is None:
         return (l_base * w).sum() / denom, stats
-    l_final, kl_final = slot_loss(final, labels, log_p, r.kl_weight)
+    l_final, kl_final = slot_loss(final, labels, t, r.kl_weight)
     loss = ((1 - lam) * l_final + lam * l_base).mul(w).sum() / denom
     stats["acc_final"] = float(((final.argmax(-1) == labels) & valid).sum() / n_valid)
     stats["kl_final"] = float((kl_final.detach() * w).sum() / denom)
@@ -202,9 +216,9 @@ def distribution_match(model: DraftModel, data: DistillData, max_rows: int = 128
         q = (base if final is None else final)[:, :, first:first + n]
         _, valid = block_labels(data, r, anchors, nb, shift)
         valid = valid[:, :, first:first + n]
-        log_p = F.log_softmax(target_logits(data, r, anchors, nb, shift, model.lm_head), -1)[:, :, first:first + n]
-        kl = kl_to_target(q, log_p)
-        acc = torch.minimum(log_p.exp(), torch.softmax(q, -1)).sum(-1)
+        t = TargetDist(target_logits(data, r, anchors, nb, shift, model.lm_head)[:, :, first:first + n])
+        kl = kl_to_target(q, t)
+        acc = torch.minimum(t.p, torch.softmax(q, -1)).sum(-1)
         kl_sum += (kl * valid).sum((0, 1))
         acc_sum += (acc * valid).sum((0, 1))
         cnt += valid.sum((0, 1))
