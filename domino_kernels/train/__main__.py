@@ -6,8 +6,9 @@ Layout of DIR (the shipped default is ``domino_kernels/assets/default``):
   draft-domino/         DFlash backbone + Domino head, public draft format (stage ``draft``)
   draft-dflash/         DFlash-only drafter with the same step budget (stage ``draft``)
   train.log             the log of every stage
-The ``draft`` stage first regenerates its distillation data (the target's greedy continuations
-of corpus windows, and their target features) in memory. Every stage is deterministic given
+The ``draft`` stage first regenerates its distillation data (the target's continuations of
+corpus windows, greedy or for a --distill-sampled-frac share sampled at T=1, with their target
+features and final hidden states) in memory. Every stage is deterministic given
 --seed and its step counts (``--target-steps``, ``--draft-steps``); a time budget (``--*-minutes``)
 picks the step count by timing a few steps, and the chosen count is written to the stage's
 train_meta.json so the run can be repeated exactly.
@@ -119,7 +120,12 @@ def build_parser():
     g.add_argument("--distill-prompts", type=int, default=384)
     g.add_argument("--distill-prompt-len", type=int, default=64)
     g.add_argument("--distill-new-tokens", type=int, default=96)
-    g.add_argument("--distill-batch", type=int, default=128, help="sequences per greedy generation batch")
+    g.add_argument("--distill-batch", type=int, default=128, help="sequences per generation batch")
+    g.add_argument("--distill-sampled-frac", type=float, default=0.5,
+                   help="share of distillation sequences continued by sampling the target at T=1 "
+                        "(seeded) instead of greedily")
+    g.add_argument("--kl-weight", type=float, default=0.5,
+                   help="per-slot loss kl_weight*KL(p_target||q) + (1-kl_weight)*CE")
     return ap
 
 
