@@ -19,6 +19,7 @@
 
 #include "domino/rollout.h"
 #include "rollout_dot.h"
+#include "rollout_gumbel.h"
 
 namespace domino {
 namespace rollout {
@@ -212,7 +213,7 @@ class Engine {
     return static_cast<const Tb*>(p_.base) + b * p_.base_stride_b + int64_t(i - 1) * p_.base_stride_n;
   }
 
-  // Fold a tile of scores s[0, n) with vocabulary ids (v0 + j, or ids[j]) into the row's state;
+  // Fold a tile of scores s[0, n), n <= kTile, with vocabulary ids (v0 + j, or ids[j]) into the row's state;
   // `base` (row-aligned with s, or null when already added): s = base + s (add) or base (!add).
   void consume(TopK& st, float* s, int64_t n, int64_t v0, const int32_t* ids, const RowCtx& c,
                float* qrow, const void* base = nullptr, bool add = true) const {
@@ -238,21 +239,17 @@ class Engine {
           topk_insert(st, k, s[j], s[j], id(j));
       return;
     }
+    // Gumbel-top-k. No key exceeds its score by kGumbelMaxNoise, so a tile whose best score
+    // cannot reach the k-th key holds no entrant. Otherwise the whole tile's keys are computed in
+    // one vectorised pass (rollout_gumbel.h: the same bits as det::gumbel_key) and the selection
+    // only compares: at T = 1 nearly every element would pass a per-element bound, so computing
+    // all keys is cheaper than branching on each.
     if (st.n == k && det::add(tmax, kGumbelMaxNoise) < st.key[k - 1]) return;
-    uint32_t cached_block = 0xffffffffu;
-    rng::U4 words{};
-    for (int64_t j = 0; j < n; ++j) {
-      const float sv = s[j];
-      if (!(sv > -det::kInf)) continue;
-      if (st.n == k && det::add(sv, kGumbelMaxNoise) < st.key[k - 1]) continue;  // cannot enter
-      const uint32_t v = uint32_t(id(j));
-      if ((v >> 2) != cached_block) {
-        cached_block = v >> 2;
-        words = rng::raw4(c.seed, c.offset, c.stream, cached_block);
-      }
-      const float key = gumbel_key(sv, rng::u32_to_uniform(rng::lane(words, v & 3u)));
-      topk_insert(st, k, key, sv, int32_t(v));
-    }
+    float keys[kTile];
+    cpu::gumbel_keys(s, n, uint32_t(v0), ids, c.seed, c.offset, c.stream, keys);
+    for (int64_t j = 0; j < n; ++j)
+      if (s[j] > -det::kInf && (st.n < k || key_better(keys[j], id(j), st.key[k - 1], st.idx[k - 1])))
+        topk_insert(st, k, keys[j], s[j], id(j));
   }
 
   // One vocabulary pass for every frontier row of the level; returns the merged state per row.
@@ -369,9 +366,10 @@ class Engine {
         for (int64_t a = a0; a < a1; ++a) {
           float* q = qrow(a);
           const TopK& st = rows[a];
-          const bool ok = st.max > -det::kInf;
-          for (int64_t v = 0; v < V_; ++v)
-            q[v] = ok ? det::div(det::exp(det::sub(q[v], st.max)), st.sum) : 0.0f;
+          if (st.max > -det::kInf)
+            cpu::softmax_row(q, V_, st.max, st.sum);  // det::div(det::exp(q - max), sum), vectorised
+          else
+            std::fill(q, q + V_, 0.0f);
         }
       });
     }

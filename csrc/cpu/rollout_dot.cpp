@@ -9,16 +9,7 @@
 
 #include "domino/numerics.h"
 #include "domino/rollout.h"
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define DOMINO_X86 1
-#define DOMINO_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#define DOMINO_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")))
-// GCC 12 false positive: avx512fintrin.h's _mm512_undefined_* (`__m512i __Y = __Y;`) inlined here.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+#include "det_avx512.h"
 
 namespace domino {
 namespace rollout {
@@ -224,37 +215,7 @@ DOMINO_AVX512 float sum_exp_avx512(const float* x, int64_t n, float mx) {
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-// ---- domino::det element math, 16 lanes (same operations and order as numerics.h) ----
-DOMINO_AVX512 inline __m512 det_exp16(__m512 x) {
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  const __mmask16 big = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72f), _CMP_GT_OQ);
-  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33f), _CMP_LT_OQ);
-  const __m512 kf = _mm512_roundscale_ps(
-      _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)), _mm512_set1_ps(0.5f)),
-      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(kf, _mm512_set1_ps(0.693145751953125f))),
-                                 _mm512_mul_ps(kf, _mm512_set1_ps(1.428606765330187e-06f)));
-  __m512 p = _mm512_set1_ps(1.98412698e-4f);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.38888889e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.33333333e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.16666667e-2f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.66666667e-1f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
-  const __m512i k = _mm512_cvttps_epi32(kf);  // kf is integral (masked lanes: any value)
-  // k1 = k / 2 truncated toward zero (C semantics), k2 = k - k1
-  const __m512i k1 = _mm512_srai_epi32(_mm512_add_epi32(k, _mm512_srli_epi32(k, 31)), 1);
-  const __m512i k2 = _mm512_sub_epi32(k, k1);
-  const __m512i bias = _mm512_set1_epi32(127);
-  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k1, bias), 23));
-  const __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k2, bias), 23));
-  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
-  y = _mm512_mask_mov_ps(y, small, _mm512_setzero_ps());
-  y = _mm512_mask_mov_ps(y, big, _mm512_set1_ps(det::kInf));
-  return _mm512_mask_mov_ps(y, nan, x);
-}
-
+// ---- domino::det element math, 16 lanes (det_exp16: det_avx512.h) ----
 DOMINO_AVX512 inline __m512 det_sigmoid16(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.0f);
   return _mm512_div_ps(one, _mm512_add_ps(one, det_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
