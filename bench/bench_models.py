@@ -67,6 +67,32 @@ def decode_one(target, prompt, *, draft, temperature, seed, max_new, drafting, p
                     spec_policy=policy if draft is not None else "adaptive", compare_rule=compare)
 
 
+def dominant_line_share(text: str) -> tuple[float, int]:
+    """(share, count) of the most frequent non-blank line (stripped) among the non-blank lines of
+    ``text``. A continuation counts as a loop when one line makes up at least half of its lines
+    and occurs at least 3 times (``is_loop``)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return 0.0, 0
+    count = max(lines.count(ln) for ln in set(lines))
+    return count / len(lines), count
+
+
+def is_loop(text: str) -> bool:
+    share, count = dominant_line_share(text)
+    return share >= 0.5 and count >= 3
+
+
+def greedy_loops(tokenizer_path: str, outputs: list) -> dict:
+    """How many of the target's greedy continuations are dominated by one repeated line."""
+    from domino_kernels.train.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path)
+    shares = [dominant_line_share(tok.decode(ids)) for ids in outputs]
+    return {"loops": sum(s >= 0.5 and c >= 3 for s, c in shares), "prompts": len(outputs),
+            "dominant_line_share": [round(s, 3) for s, _ in shares]}
+
+
 def run_temperature(target, drafts, prompts, temp, args):
     """Every configuration on every prompt, prompt-major (the configurations of one prompt run
     back to back, so machine load drifts hit them alike). Returns one row per configuration."""
@@ -107,7 +133,7 @@ def run_temperature(target, drafts, prompts, temp, args):
                      "drafted_steps": f"{drafted}/{a['steps']}" if drafter else "-",
                      "tok_per_s": tps, "speedup": tps / (base["new"] / base["secs"]), "greedy_equal": same})
         print(f"T={temp} {label} {drafting} {policy}: {rows[-1]}", file=sys.stderr)
-    return rows
+    return rows, base["tokens"]
 
 
 def step_costs(drafts) -> list:
@@ -158,9 +184,14 @@ def main(argv=None) -> int:
             decode_one(target, prompts[-1], draft=drafts[drafter] if drafter else None, temperature=temp, seed=99,
                        max_new=32, drafting=drafting, policy=policy, use_head=use_head, args=args)
 
-    rows = []
+    rows, loops = [], None
     for temp in temps:
-        rows += run_temperature(target, drafts, prompts, temp, args)
+        got, outputs = run_temperature(target, drafts, prompts, temp, args)
+        rows += got
+        if temp == 0.0:
+            loops = greedy_loops(os.path.join(root, "target", "tokenizer.json"), outputs)
+            print(f"target-only greedy continuations dominated by one repeated line: {loops['loops']} of "
+                  f"{loops['prompts']} (shares {loops['dominant_line_share']})")
     ok = all(r["greedy_equal"] in ("-", True) for r in rows)
     costs = step_costs(drafts)
     for c in costs:
@@ -175,7 +206,7 @@ def main(argv=None) -> int:
     return finish("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
                                    "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
                                    "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
-                                   "dtype": args.dtype, "step_costs": costs}, ok,
+                                   "dtype": args.dtype, "step_costs": costs, "greedy_loops": loops}, ok,
                   "a greedy speculative output differs from target-only decoding", device=args.device)
 
 
