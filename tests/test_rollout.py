@@ -751,12 +751,21 @@ def test_sampled_dynamic_tree_with_rsd_is_lossless():
 
     V, n = 6, 100_000
     head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
+    # A peaked first level and flatter later ones: whether the node after the spine is the root's
+    # second draw (wide) or a deeper sibling depends on the drawn q values (both shapes occur).
+    base[:, 0] *= 3.0
+    base[:, 1:] *= 0.2
     e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
     tokens, parents, q, num, rows = dk.domino_tree_rollout(
-        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=3, budget=3, pure_prefix_len=1,
+        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=3, budget=4, pure_prefix_len=1,
         temperature=1.0, seed=torch.arange(n) * 3 + 17, offset=5, return_q_rows=True)
-    assert (num == 4).all()  # 4 of 11 candidates kept
-    assert (parents[:, 1:] > 0).any() and (parents[:, 1:] == 0).any()  # both deep and wide trees
+    assert (num == 5).all()  # 5 of 11 candidates kept: the spine (3) and the best other node
+    depth = torch.zeros(n, 5, dtype=torch.int64)
+    for j in range(1, 5):
+        depth[:, j] = depth.gather(1, parents[:, j:j + 1]).squeeze(1) + 1
+    assert (depth.max(1).values == 3).all()  # the whole spine is kept
+    wide = (parents[:, 1:] == 0).sum(1) == 2  # the off-spine node is a child of the root
+    assert wide.any() and (~wide).any()  # both wide and deep trees
     g = torch.Generator().manual_seed(21)
     target = torch.randn(V, V, generator=g) * 1.5  # logits after a node with token x: target[x]
     logits = target[tokens.clamp_min(0)]
