@@ -219,9 +219,9 @@ DOMINO_HD uint32_t noise_stream(bool tree, int32_t proposal, int32_t node) {
 // sibling j), which depends on the earlier siblings only, never on x_j's own value: the kept
 // children of a node stay a prefix of its without-replacement draw whose length does not look at
 // the drawn token, which is what rejection without replacement (verify rule 3) needs to stay
-// lossless (the spine child is draw 0, kept whenever its depth is within the budget). Either way a
-// child's score is clamped to min(parent score, previous sibling score, acc(parent)): with ties
-// going to the lower pool index (parents and earlier siblings come first), any prefix of the order
+// lossless (the spine child is draw 0, kept whenever its depth is within the budget). Either way an
+// off-spine child's score is clamped to min(parent score, previous sibling score, acc(parent)): ties
+// go to the lower pool index (parents and earlier siblings come first), so any prefix of the order
 // is closed under "parent of" and "earlier sibling of". The emitted set is therefore
 // ancestor-closed and holds a draw-order prefix of every node's children.
 constexpr float kSpineScore = det::kInf;  // score of the anchor and of every spine node
