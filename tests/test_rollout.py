@@ -152,6 +152,85 @@ def test_tree_matches_reference(topk, depth, budget):
         assert not q_rows[b, n:].any()
 
 
+def _spine(tokens, parents, num):
+    """Output indices of request b's rank-0 path from the anchor: at every step the first child
+    (lowest output index: siblings are laid out in rank order) of the previous node."""
+    path, node = [0], 0
+    while True:
+        kids = [j for j in range(1, int(num)) if int(parents[j]) == node]
+        if not kids:
+            return path
+        node = kids[0]
+        path.append(node)
+
+
+@pytest.mark.parametrize("topk,depth,budget", [(2, 7, 7), (3, 7, 12), (4, 5, 40), (8, 3, 3), (3, 8, 4)])
+@pytest.mark.parametrize("shift_label,pure_prefix_len", [(True, 1), (False, 0)])
+def test_tree_contains_the_chain_as_a_root_path(topk, depth, budget, shift_label, pure_prefix_len):
+    """The spine is pinned: with the same drafter inputs, the greedy tree's rank-0 path holds the
+    chain rollout's proposals (tokens and q) to depth min(budget, depth), and a budget <= depth
+    emits exactly the chain's first `budget` proposals. So greedy verification of the tree can
+    never accept fewer tokens than the chain of min(budget, depth) proposals."""
+    head, emb, hidden, base, anchor = make_head(seed=60 + topk + depth, S=9)
+    chain, cq, _ = dk.domino_rollout(hidden, base, anchor, head, emb, num_proposals=depth,
+                                     shift_label=shift_label, pure_prefix_len=pure_prefix_len)
+    tokens, parents, q, num, _ = dk.domino_tree_rollout(
+        hidden, base, anchor, head, emb, topk=topk, depth=depth, budget=budget,
+        shift_label=shift_label, pure_prefix_len=pure_prefix_len)
+    L = min(budget, depth)
+    for b in range(4):
+        path = _spine(tokens[b], parents[b], num[b])
+        assert len(path) >= L + 1
+        assert tokens[b, path[1:L + 1]].tolist() == chain[b, :L].tolist()
+        torch.testing.assert_close(q[b, path[1:L + 1]], cq[b, :L])
+        if budget <= depth:  # nothing but the chain fits
+            assert int(num[b]) == budget + 1 and path == list(range(budget + 1))
+
+
+def _random_tree_case(rng):
+    """A small random rollout problem: shapes, tree parameters, greedy or sampled rows, and base
+    logits with NaN / +inf / -inf entries and dead rows."""
+    S = int(rng.integers(2, 7))
+    V = int(rng.integers(8, 60))
+    head, emb, hidden, base, anchor = make_head(B=3, S=S, H=16, G=8, E=8, V=V,
+                                                seed=int(rng.integers(1 << 30)))
+    depth = int(rng.integers(1, S + 1))
+    kw = dict(topk=int(rng.integers(1, 9)), depth=depth, budget=int(rng.integers(1, 40)),
+              pure_prefix_len=int(rng.integers(0, depth + 1)), return_q_rows=True)
+    if rng.random() < 0.5:
+        kw.update(temperature=torch.tensor(rng.choice([0.0, 0.5, 1.0, 3.0], 3), dtype=torch.float32),
+                  seed=torch.tensor(rng.integers(0, 1 << 40, 3)), offset=torch.tensor(rng.integers(0, 9, 3)))
+    bad = rng.random() < 0.7
+    if bad:
+        for value, frac in ((float("nan"), 0.05), (float("inf"), 0.02), (-float("inf"), 0.3)):
+            base[torch.from_numpy(rng.random(tuple(base.shape)) < frac * rng.random())] = value
+        if rng.random() < 0.3:  # a dead row: no valid score, no children
+            base[int(rng.integers(3)), int(rng.integers(S))] = float(rng.choice([float("nan"), -float("inf")]))
+    return head, emb, hidden, base, anchor, kw, bad
+
+
+def test_tree_selection_properties_on_random_inputs():
+    """Property test over seeded random cases (greedy and sampled, NaN / +-inf logits, dead rows):
+    kernel == reference token for token; the emitted tree is ancestor-closed in verification
+    layout and within the budget; its rank-0 path is the spine (as deep as the budget allows when
+    every row had a valid score)."""
+    rng = np.random.default_rng(2024)
+    for case in range(40):
+        head, emb, hidden, base, anchor, kw, bad = _random_tree_case(rng)
+        out = dk.domino_tree_rollout(hidden, base, anchor, head, emb, **kw)
+        r = ref.tree_rollout(hidden, base, anchor, *ref_args(head, emb), **kw)
+        for i in (0, 1, 3):
+            assert torch.equal(out[i], r[i]), (case, kw)
+        # q of a row with a +inf logit differs (kernel: q 0 for its finite siblings, reference: NaN)
+        if not torch.isposinf(base).any():
+            torch.testing.assert_close(out[2], r[2], atol=2e-6, rtol=1e-5, equal_nan=True)
+            torch.testing.assert_close(out[4], r[4], atol=2e-6, rtol=1e-5, equal_nan=True)
+        _assert_tree_layout(*out[:4], kw["budget"])
+        if not bad:
+            for b in range(3):
+                assert len(_spine(out[0][b], out[1][b], out[3][b])) == min(kw["budget"], kw["depth"]) + 1
+
+
 def test_tree_goes_deep_along_likely_paths():
     """Greedy dynamic tree: path log-probabilities never increase from parent to child, and the
     budget reaches deeper than a breadth-first tree of the same size could (depth <= log_k)."""
@@ -667,17 +746,26 @@ def test_sampled_dynamic_tree_with_rsd_is_lossless():
     token only), so P(t1, t2) = p(t1 | anchor) p(t2 | t1); where nothing is accepted t2 is drawn
     from p(. | t1) directly, as the next step would (tests/test_verify_stats.py). Fixed seeds;
     false-alarm rate 1e-4 (G-test). Power: scoring sampled children by their own log q (the greedy
-    rule) instead makes this test fail with p ~ 1e-69 (checked by hand while developing)."""
+    rule) instead makes this test fail with p = 2.6e-75 (checked by building that rule into the kernel)."""
     from .test_verify_stats import first_two_tokens, joint_counts, processed
 
     V, n = 6, 100_000
     head, emb, hidden, base, anchor = _tiny_sampling_setup(V)
+    # A peaked first level and flatter later ones: whether the node after the spine is the root's
+    # second draw (wide) or a deeper sibling depends on the drawn q values (both shapes occur).
+    base[:, 0] *= 3.0
+    base[:, 1:] *= 0.2
     e = lambda t: t.expand(n, *t.shape[1:]).contiguous()  # noqa: E731
     tokens, parents, q, num, rows = dk.domino_tree_rollout(
-        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=3, budget=3, pure_prefix_len=1,
+        e(hidden), e(base), e(anchor), head, emb, topk=2, depth=3, budget=4, pure_prefix_len=1,
         temperature=1.0, seed=torch.arange(n) * 3 + 17, offset=5, return_q_rows=True)
-    assert (num == 4).all()  # 4 of 11 candidates kept
-    assert (parents[:, 1:] > 0).any() and (parents[:, 1:] == 0).any()  # both deep and wide trees
+    assert (num == 5).all()  # 5 of 11 candidates kept: the spine (3) and the best other node
+    depth = torch.zeros(n, 5, dtype=torch.int64)
+    for j in range(1, 5):
+        depth[:, j] = depth.gather(1, parents[:, j:j + 1]).squeeze(1) + 1
+    assert (depth.max(1).values == 3).all()  # the whole spine is kept
+    wide = (parents[:, 1:] == 0).sum(1) == 2  # the off-spine node is a child of the root
+    assert wide.any() and (~wide).any()  # both wide and deep trees
     g = torch.Generator().manual_seed(21)
     target = torch.randn(V, V, generator=g) * 1.5  # logits after a node with token x: target[x]
     logits = target[tokens.clamp_min(0)]

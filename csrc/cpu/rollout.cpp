@@ -75,6 +75,7 @@ class Engine {
     for (int64_t b = 0; b < B_; ++b) {
       node_tok_[b * Pmax_] = p_.anchor[b];
       node_q_[b * Pmax_] = 1.0f;
+      node_score_[b * Pmax_] = kSpineScore;  // the anchor starts the spine
       frontier.push_back({b, 0});
     }
     assign_states(frontier);

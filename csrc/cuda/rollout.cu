@@ -150,7 +150,7 @@ __global__ void init_kernel(RolloutParams p, Workspace w, int64_t Pmax, int64_t 
   w.node_state[n0] = 0;
   w.node_q[n0] = 1.0f;
   w.node_acc[n0] = 0.0f;
-  w.node_score[n0] = 0.0f;
+  w.node_score[n0] = kSpineScore;  // the anchor starts the spine
   w.num[b] = 1;
   w.num_states[b] = 1;
   w.frontier[b * F] = 0;

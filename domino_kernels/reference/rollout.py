@@ -201,19 +201,28 @@ def _sanitize(x) -> np.float32:
     return np.float32(-np.inf) if np.isnan(x) else x
 
 
+SPINE_SCORE = np.float32(np.inf)  # score of the anchor and of every spine node (rollout.h kSpineScore)
+
+
 def child_scores(parent_acc, parent_score, sampled: bool, log_qs):
     """(acc, score) of the children (rank order) of an expanded node (contract: ``child_scores``
-    in rollout.h). acc = path log-probability; score = acc (greedy) or, sampled, acc(parent) +
-    log(1 - q of the earlier siblings); both clamped to the parent's and the previous sibling's."""
-    prev, rem, out = np.float32(parent_score), np.float32(1), []
+    in rollout.h). acc = path log-probability. The rank-0 child of a spine node (score
+    SPINE_SCORE) is on the spine: SPINE_SCORE. Every other child: acc (greedy) or, sampled,
+    acc(parent) + log(1 - q of the earlier siblings); clamped to the parent's acc, the parent's
+    score and the previous off-spine sibling's score."""
+    spine = parent_score == SPINE_SCORE
+    prev, rem, out = min(np.float32(parent_score), np.float32(parent_acc)), np.float32(1), []
     with np.errstate(all="ignore"):
-        for lq in log_qs:
+        for j, lq in enumerate(log_qs):
             lq = np.float32(lq)
             a = min(np.float32(parent_acc), _sanitize(np.float32(parent_acc) + lq))
             gain = np.float32(det_log(np.float32(rem if rem > 0 else 0))) if sampled else lq
-            sc = min(prev, _sanitize(np.float32(parent_acc) + gain))
+            if spine and j == 0:
+                sc = SPINE_SCORE
+            else:
+                sc = min(prev, _sanitize(np.float32(parent_acc) + gain))
+                prev = sc
             out.append((a, sc))
-            prev = sc
             rem = np.float32(rem - np.float32(det_exp(lq)))
     return out
 
@@ -247,7 +256,7 @@ def tree_rollout(hidden, base_logits, anchor, w_ih, w_hh, w1, w2, embedding, gru
         off = 0 if offset is None else int(offset[b])
         # the candidate pool, in generation order (node 0 = the anchor)
         tok, par, qs = [int(anchor[b])], [-1], [1.0]
-        acc, score = [np.float32(0)], [np.float32(0)]
+        acc, score = [np.float32(0)], [SPINE_SCORE]  # the anchor starts the spine
         hs = {0: _storage(gru_cell(_gru_input(int(anchor[b]), emb, w_ih, table), torch.zeros(G), w_hh), wdtype)}
         rows = {}
         frontier = [0]

@@ -3,7 +3,9 @@
 // the emitted tree never exceeds the budget nor writes past its M slots, holds exactly
 // min(pool, M) nodes, is ancestor-closed in verification layout (parents before children,
 // siblings contiguous) and keeps a prefix of every node's children in rank order; rank_within
-// agrees with a sort by (score desc, index asc).
+// agrees with a sort by (score desc, index asc). The spine (the rank-0 path from the anchor,
+// tracked here independently of the scores) is marked exactly by kSpineScore, every beam holds
+// its depth's spine node, and the spine ranks before every other node, in depth order.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -26,7 +28,8 @@ int main() {
     // Grow a pool as the engine does: per depth expand up to k nodes of the newest depth.
     std::vector<int64_t> tok{7};
     std::vector<int32_t> par{-1}, rank{0};
-    std::vector<float> q{1.0f}, acc{0.0f}, score{0.0f};
+    std::vector<uint8_t> spine{1};
+    std::vector<float> q{1.0f}, acc{0.0f}, score{kSpineScore};
     std::vector<int32_t> frontier{0};
     for (int d = 0; d < depth && !frontier.empty(); ++d) {
       const int32_t begin = int32_t(tok.size());
@@ -42,8 +45,12 @@ int main() {
         child_scores(acc[f], score[f], sampled, lq, nc, a, s);
         for (int j = 0; j < nc; ++j) {
           CHECK(!std::isnan(a[j]) && !std::isnan(s[j]));
-          CHECK(s[j] <= score[f] && a[j] <= acc[f]);
+          CHECK(s[j] <= score[f] && a[j] <= acc[f] && a[j] <= 0.0f);
           if (j > 0) CHECK(s[j] <= s[j - 1]);
+          const bool on = spine[f] && j == 0;
+          CHECK(on_spine(s[j]) == on);
+          if (!on) CHECK(s[j] <= acc[f]);
+          spine.push_back(on);
           tok.push_back(int64_t(tok.size()) * 10);
           par.push_back(f);
           rank.push_back(j);
@@ -57,6 +64,8 @@ int main() {
       for (int32_t c = begin; c < end; ++c)
         if (rank_within(score.data(), begin, end, c, k) < k) next.push_back(c);
       CHECK(int(next.size()) == std::min(k, end - begin));
+      for (int32_t c = begin; c < end; ++c)  // the beam holds the depth's spine node
+        if (spine[c]) CHECK(std::find(next.begin(), next.end(), c) != next.end());
       frontier = next;
     }
     const int32_t n = int32_t(tok.size());
@@ -66,6 +75,10 @@ int main() {
     std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return ranks_before(score[x], x, score[y], y); });
     for (int32_t r = 0; r < n; ++r) CHECK(rank_within(score.data(), 0, n, order[r], n) == r);
     CHECK(order[0] == 0);  // the anchor ranks first
+    int32_t num_spine = 0;  // then the rest of the spine, in depth (= pool) order
+    for (int32_t c = 0; c < n; ++c) num_spine += spine[c];
+    for (int32_t r = 0; r < n; ++r) CHECK(bool(spine[order[r]]) == (r < num_spine));
+    for (int32_t r = 1; r < num_spine; ++r) CHECK(order[r] > order[r - 1] && par[order[r]] == order[r - 1]);
 
     const int32_t M = 1 + int32_t(rng() % 12);
     std::vector<uint8_t> keep(n);

@@ -188,24 +188,44 @@ DOMINO_HD uint32_t noise_stream(bool tree, int32_t proposal, int32_t node) {
 }
 
 // ---- tree policy, selection and emit (shared by the CPU and CUDA kernels) --------------------
-// Dynamic tree (EAGLE-2 style, per-branch GRU): every generated node is kept in a per-request
-// candidate pool in generation order (depth-major; within a depth by parent pool index, then
-// child rank). Per depth the `beam` (= topk) best nodes of the newest depth are expanded, each
-// into its top-k (greedy) or Gumbel-top-k (sampled) children; after the last depth the `budget`
-// best pool nodes (plus the anchor) are emitted. "Best" is one strict total order over the pool:
-// larger score first, then lower pool index (ranks_before). Scores are sanitised (NaN -> -inf)
-// when they are made, so the order is defined for every input (no NaN reaches a comparison).
+// Dynamic tree (EAGLE-2 style, per-branch GRU) with a pinned spine: every generated node is kept
+// in a per-request candidate pool in generation order (depth-major; within a depth by parent pool
+// index, then child rank). Per depth the `beam` (= topk) best nodes of the newest depth are
+// expanded, each into its top-k (greedy) or Gumbel-top-k (sampled) children; after the last depth
+// the `budget` best pool nodes (plus the anchor) are emitted. "Best" is one strict total order over
+// the pool: larger score first, then lower pool index (ranks_before). Scores are sanitised (NaN ->
+// -inf) when they are made, so the order is defined for every input (no NaN reaches a comparison).
 //
-// Scores (child_scores): acc(n) = log of the draft probability of n's path (sum of log q,
-// acc(anchor) = 0). Greedy rows: score = acc (EAGLE-2). Sampled rows: the score of sibling j is
+// The spine is the rank-0 path from the anchor: the anchor, then at every depth the first child
+// (top-1 greedy, first Gumbel-top-k draw sampled) of the previous spine node. It is what the chain
+// rollout drafts (greedy: same tokens, and the same GRU state path, so the same scores), so it is
+// pinned: spine nodes rank before every other node, among themselves in depth order. Then the beam
+// of every depth contains its spine node, and a budget >= depth emits the whole chain as a root
+// path, so greedy verification accepts at least what the chain would; the rest of the budget goes
+// to the best off-spine nodes by EAGLE-2's score.
+//
+// How a node knows it is on the spine: its score is kSpineScore (+inf), the anchor's score. No
+// off-spine node can hold +inf: acc(anchor) = 0, acc(child) <= acc(parent), so every acc is <= 0,
+// and every off-spine score is clamped to <= acc(parent). So "score == +inf" marks the spine
+// exactly, with no extra per-node array, and ranks_before needs no second key: spine nodes tie at
+// +inf and the pool index (increasing with depth) puts them in depth order. (The anchor's 0 as the
+// marker would not do: an off-spine node whose path probability rounds to 1 in fp32, e.g. a
+// sampled sibling after a first draw with q < 2^-25, would tie with it and, by its lower pool
+// index, rank before the deeper spine nodes.)
+//
+// Off-spine scores (child_scores): acc(n) = log of the draft probability of n's path (sum of log
+// q, acc(anchor) = 0). Greedy rows: score = acc (EAGLE-2). Sampled rows: the score of sibling j is
 // acc(parent) + log(1 - sum_{l<j} q(x_l)) (the draft's probability that verification reaches
 // sibling j), which depends on the earlier siblings only, never on x_j's own value: the kept
 // children of a node stay a prefix of its without-replacement draw whose length does not look at
 // the drawn token, which is what rejection without replacement (verify rule 3) needs to stay
-// lossless. Either way a child's score is clamped to min(parent score, previous sibling score):
-// with ties going to the lower pool index (parents and earlier siblings come first), any prefix
-// of the order is closed under "parent of" and "earlier sibling of". The emitted set is therefore
+// lossless (the spine child is draw 0, kept whenever its depth is within the budget). Either way an
+// off-spine child's score is clamped to min(parent score, previous sibling score, acc(parent)): ties
+// go to the lower pool index (parents and earlier siblings come first), so any prefix of the order
+// is closed under "parent of" and "earlier sibling of". The emitted set is therefore
 // ancestor-closed and holds a draw-order prefix of every node's children.
+constexpr float kSpineScore = det::kInf;  // score of the anchor and of every spine node
+DOMINO_HD bool on_spine(float score) { return score == kSpineScore; }
 DOMINO_HD float sanitize_score(float x) { return det::is_nan(x) ? -det::kInf : x; }
 DOMINO_HD float min_score(float a, float b) { return b < a ? b : a; }
 
@@ -224,17 +244,20 @@ DOMINO_HD int32_t rank_within(const float* score, int32_t begin, int32_t end, in
 }
 
 // Scores of the n children (in rank order) of an expanded node, from their log q under the
-// node's distribution. Writes acc[j], score[j] (both sanitised, never above the parent's).
+// node's distribution. Writes acc[j] (sanitised, <= parent_acc) and score[j]: kSpineScore for the
+// rank-0 child of a spine node (parent_score == kSpineScore), otherwise sanitised and
+// <= min(parent_acc, parent_score, score[j - 1]), hence <= 0.
 DOMINO_HD void child_scores(float parent_acc, float parent_score, bool sampled, const float* log_q,
                             int n, float* acc, float* score) {
-  float prev = parent_score, rem = 1.0f;
+  const bool spine = on_spine(parent_score);
+  float prev = min_score(parent_score, parent_acc), rem = 1.0f;
   for (int j = 0; j < n; ++j) {
     const float a = min_score(parent_acc, sanitize_score(det::add(parent_acc, log_q[j])));
     const float gain = sampled ? det::log(rem > 0.0f ? rem : 0.0f) : log_q[j];
-    const float s = min_score(prev, sanitize_score(det::add(parent_acc, gain)));
+    const float s = spine && j == 0 ? kSpineScore : min_score(prev, sanitize_score(det::add(parent_acc, gain)));
     acc[j] = a;
     score[j] = s;
-    prev = s;
+    if (!on_spine(s)) prev = s;
     rem = det::sub(rem, det::exp(log_q[j]));
   }
 }
