@@ -206,7 +206,7 @@ def test_acceptance_history_shrinks_toward_the_population():
 
 
 def test_adaptive_policy_explores_then_follows_costs_and_probes_with_backoff():
-    p = AdaptivePolicy(probe_after=4)
+    p = AdaptivePolicy(probe_after=4, probe_budget=1.0)   # budget: K = max(4, ceil(excess))
     p.start(1, 8)
     options = [(n, n) for n in range(9)]
     assert p.choose([0], options) == (8, 8)      # costs unknown: the longest draft first
