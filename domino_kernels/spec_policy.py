@@ -260,7 +260,7 @@ class AdaptivePolicy:
     def probe_interval(self, probe: tuple) -> int:
         """Plain steps in a row before ``probe`` is taken (class docstring)."""
         excess = self.costs.cost(probe[1]) / max(self.costs.cost(0), 1e-12) - 1.0
-        return max(self.probe_after, math.ceil(max(excess, 0.0) / self.probe_budget))
+        return max(self.probe_after, math.ceil(max(excess, 0.0) / self.probe_budget - 1e-9))  # (rounding)
 
     def _stays_plain(self, requests) -> bool:
         """True when the last full evaluation chose a plain step and proved it stays the best
