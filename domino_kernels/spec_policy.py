@@ -17,7 +17,7 @@ measured by it, deeper ones borrow from the shallower estimates), never a draft 
 it is taken after ``K = max(probe_after, ceil(excess / probe_budget))`` plain steps in a row
 (``excess = cost(probe) / cost(0) - 1``; ``probe_after`` starts at 16 and doubles after every
 probe that does not restart drafting, up to 1024). Worst case, when drafting never pays: the probes
-add at most ``min(probe_budget, excess / probe_after)`` (5 % by default, falling toward
+add at most ``min(probe_budget, excess / probe_after)`` (2 % by default, falling toward
 ``excess / 1024``) to the time of the plain steps, at the measured costs. The schedule and the
 population's acceptance are kept across calls, so short requests do not restart it.
 
@@ -197,7 +197,7 @@ class AdaptivePolicy:
     name = "adaptive"
 
     def __init__(self, costs: Optional[StepCosts] = None, prior: float = 0.9, probe_after: int = 16,
-                 max_probe_after: int = 1024, probe_budget: float = 0.05):
+                 max_probe_after: int = 1024, probe_budget: float = 0.02):
         if not (isinstance(probe_after, int) and 1 <= probe_after <= max_probe_after):
             raise ValueError(f"argument 'probe_after' must be an int in [1, max_probe_after={max_probe_after}], "
                              f"got {probe_after!r}")

@@ -26,7 +26,7 @@ def _run(p, steps, batch=1, accepted=0, calls=1):
 
 
 def test_probe_is_the_shortest_draft_that_could_pay_and_none_when_none_could():
-    p = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True))
+    p = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True), probe_budget=0.05)
     # a perfect draft of n tokens gives n + 1 tokens for 4 + 0.25 n: it beats a plain step from n = 5
     assert p.probe_option(CHAIN) == (5, 5)
     assert p.probe_interval((5, 5)) == math.ceil((5.25 - 1.0) / 0.05)        # 85 > probe_after
@@ -44,7 +44,7 @@ def test_probes_when_drafting_never_pays_stay_within_the_budget(calls, steps):
     at least ``max(probe_after, excess / budget)`` plain steps apart, the spacing doubling, also
     when the steps come as many short calls (the schedule is kept across calls)."""
     costs = StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True)
-    p = AdaptivePolicy(costs)
+    p = AdaptivePolicy(costs, probe_budget=0.05)
     drafted = _run(p, steps, calls=calls)
     assert drafted[0] == (0, 8)               # the optimistic prior (0.9) drafts once, fully
     assert len(drafted) > 3 and all(n == 5 for _, n in drafted[1:])
@@ -59,7 +59,8 @@ def test_probes_when_drafting_never_pays_stay_within_the_budget(calls, steps):
 
 
 def test_a_probe_that_pays_restarts_drafting_and_resets_the_interval():
-    p = AdaptivePolicy(StepCosts(plain=1.0, draft=1.0, verify_per_token=0.1, frozen=True), prior=0.05)
+    p = AdaptivePolicy(StepCosts(plain=1.0, draft=1.0, verify_per_token=0.1, frozen=True), prior=0.05,
+                       probe_budget=0.05)
     # probe: 2 tokens (3 for 2.2 beats a plain step), after max(16, ceil(1.2 / 0.05)) = 24 plain steps
     assert p.probe_option(CHAIN) == (2, 2) and p.probe_interval((2, 2)) == 24
     p.start(1, 8)
