@@ -126,6 +126,18 @@ def push_pending(state: DecodeState, chunk: PendingContext) -> None:
         state.context_gaps = True
 
 
+def push_prompt_context(state: DecodeState, feats: torch.Tensor, positions: torch.Tensor, lens: list) -> None:
+    """Queue the prompts' target features (packed ``feats [sum(lens), F]``, ``positions``) for
+    the draft like a step's, padded per request: the draft's context pass over the prompt runs at
+    the first drafted step (with everything queued since), not at prefill, so a request the policy
+    never drafts for never pays it (and after ``MAX_PENDING`` plain steps it is dropped)."""
+    rows = torch.arange(len(lens), device=feats.device)
+    pad = torch.nn.utils.rnn.pad_sequence
+    counts = torch.tensor(lens, dtype=torch.int64, device=feats.device)
+    push_pending(state, PendingContext(rows, pad(list(feats.split(lens)), batch_first=True),
+                                       pad(list(positions.split(lens)), batch_first=True), counts))
+
+
 def _merged(chunks: list) -> list:
     """Runs of consecutive full chunks of the same rows (plain steps) joined into one."""
     out = []

@@ -25,7 +25,7 @@ import torch
 
 from . import ops as kernels
 from .decode_step import (DecodeState, Sampling, accept, draft_chain, draft_tree, drafting_model, plain_step,
-                          verify, verify_logits, verify_rule)
+                          push_prompt_context, verify, verify_logits, verify_rule)
 from .model.dflash import DraftModel
 from .model.qwen3 import Qwen3
 from .spec_policy import make_policy
@@ -276,7 +276,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
 
 def _prefill(state: DecodeState, prompts: list, outs: _Outputs, spans: list) -> None:
     """Every prompt token, packed and causal; logits at each prompt's last token; the first token
-    by ``domino::sample``; the prompt's target features go straight into the draft KV."""
+    by ``domino::sample``; the prompt's target features are queued for the draft."""
     dev, s = state.anchor.device, state.sampling
     bsz = len(prompts)
     all_rows = torch.arange(bsz, device=dev)
@@ -287,8 +287,8 @@ def _prefill(state: DecodeState, prompts: list, outs: _Outputs, spans: list) -> 
                                          logits_rows=cu[1:].long() - 1)
     state.cache.commit(all_rows, cu[1:] - cu[:-1])
     state.anchor = kernels.sample(logits, s.temperature, s.top_k, s.top_p, None, s.seed, s.offset)
-    if state.draft is not None:
-        state.draft.append_context(feats, positions, state.draft_cache, all_rows, cu)
+    if state.draft is not None:   # the draft's context pass waits for the first drafted step
+        push_prompt_context(state, feats, positions, [len(p) for p in prompts])
     for b, t in enumerate(state.anchor.tolist()):
         spans[b].append(StepSpan(0, 0, outs.emit(b, [t])))
 

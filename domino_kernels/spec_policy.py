@@ -11,6 +11,16 @@ of this machine (:class:`StepCosts`: measured online, or given). One length serv
 batch because the padded step computes every active row at the batch's width anyway: a shorter
 draft for one request would lower its expected tokens without saving time.
 
+Probing (when plain steps are preferred, acceptance is only re-measured by drafting): the probe is
+the SHORTEST draft that could beat a plain step if every token were accepted (depths 1..n are
+measured by it, deeper ones borrow from the shallower estimates), never a draft when none could;
+it is taken after ``K = max(probe_after, ceil(excess / probe_budget))`` plain steps in a row
+(``excess = cost(probe) / cost(0) - 1``; ``probe_after`` starts at 16 and doubles after every
+probe that does not restart drafting, up to 1024). Worst case, when drafting never pays: the probes
+add at most ``min(probe_budget, excess / probe_after)`` (2 % by default, falling toward
+``excess / 1024``) to the time of the plain steps, at the measured costs. The schedule and the
+population's acceptance are kept across calls, so short requests do not restart it.
+
 Greedy output never depends on the policy (every length is lossless); sampled output has the
 target's law under every policy, but the adaptive policy's choices (hence the random draws) depend
 on measured timings unless its costs are given and frozen.
@@ -88,6 +98,7 @@ class AcceptanceHistory:
     pop_trials: list = field(default_factory=list)
     hits: dict = field(default_factory=dict)
     trials: dict = field(default_factory=dict)
+    fade: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.pop_hits = [0.0] * self.depth
@@ -97,15 +108,18 @@ class AcceptanceHistory:
         """A new set of requests: forget per-request history, keep the population's."""
         self.hits = {b: [0.0] * self.depth for b in range(batch)}
         self.trials = {b: [0.0] * self.depth for b in range(batch)}
+        self.fade = {b: 1.0 for b in range(batch)}   # decay not yet applied to hits/trials[b]
 
     def observe(self, b: int, drafted: int, accepted: int) -> None:
+        if drafted == 0:                # a plain step only fades the request's counts: O(1), lazily
+            self.fade[b] *= self.request_decay
+            return
+        f = self.fade[b] * self.request_decay
+        self.fade[b] = 1.0
         h, t = self.hits[b], self.trials[b]
         for d in range(self.depth):
-            h[d] *= self.request_decay
-            t[d] *= self.request_decay
-        if drafted == 0:
-            return
-        for d in range(self.depth):
+            h[d] *= f
+            t[d] *= f
             self.pop_hits[d] *= self.population_decay
             self.pop_trials[d] *= self.population_decay
         for d in range(min(accepted + 1, drafted)):   # depths 1..accepted hit, accepted+1 missed
@@ -122,20 +136,28 @@ class AcceptanceHistory:
             out.append(prev)
         return out
 
-    def expected_tokens(self, requests: Sequence[int], remaining: Optional[Sequence[int]] = None) -> list:
+    def rates(self, b: int, pop: Optional[list] = None) -> list:
+        """Request b's per-depth acceptance estimates (its faded counts shrunk toward ``pop``)."""
+        pop = self.population_rates() if pop is None else pop
+        w, f = self.request_weight, self.fade[b]
+        return [(f * h + w * p) / (f * t + w) for h, t, p in zip(self.hits[b], self.trials[b], pop)]
+
+    def expected_tokens(self, requests: Sequence[int], remaining: Optional[Sequence[int]] = None,
+                        upper: bool = False) -> list:
         """``E[n]`` for n = 0..depth, summed over ``requests``: 1 (the bonus/correction token) +
         the expected accepted run among ``n`` drafted tokens, counting only the ``remaining[i]``
-        tokens request i may still emit (tokens past its limit are wasted)."""
+        tokens request i may still emit (tokens past its limit are wasted). ``upper``: a bound on
+        ``E[n]`` for as long as no drafted step is observed (plain steps only fade a request's
+        estimate toward the population's, so each depth's rate stays below the larger of the two)."""
         pop = self.population_rates()
-        w = self.request_weight
         total = [0.0] * (self.depth + 1)
         for i, b in enumerate(requests):
             e, run = 1.0, 1.0
             useful = self.depth if remaining is None else remaining[i] - 1
             total[0] += 1.0
-            for d, (h, t, p) in enumerate(zip(self.hits[b], self.trials[b], pop)):
+            for d, a in enumerate(self.rates(b, pop)):
                 if d < useful:
-                    run *= (h + w * p) / (t + w)
+                    run *= max(a, pop[d]) if upper else a
                     e += run
                 total[d + 1] += e
         return total
@@ -158,32 +180,44 @@ class FixedPolicy:
 
 class AdaptivePolicy:
     """Maximise expected tokens per second (module docstring). ``costs`` default to measured ones;
-    pass ``StepCosts(..., frozen=True)`` to force a cost model. The object keeps its costs and the
-    population's acceptance across calls (``generate`` keeps one per draft and configuration).
+    pass ``StepCosts(..., frozen=True)`` to force a cost model. The object keeps its costs, the
+    population's acceptance and its probe schedule across calls (``generate`` keeps one per draft
+    and configuration), so a drafter that does not pay stops being probed however short the calls.
 
-    Exploration: unmeasured costs first (the largest draft, then one plain step). A request that
-    has not drafted for ``probe_after`` steps is probed with the largest draft; each probe after
-    which the policy still prefers plain steps doubles the interval (up to ``max_probe_after``),
-    a probe that restarts drafting resets it. No probe happens when even a perfect draft (every
-    token accepted) could not beat a plain step at the current costs."""
+    Exploration: unmeasured costs first (the largest draft, then one plain step). Then, while the
+    policy prefers plain steps, a probe (:meth:`probe_option`: the shortest draft that could beat a
+    plain step if every token were accepted; none if no draft could) is taken after
+    ``K = max(probe_after, ceil(excess / probe_budget))`` plain steps in a row, ``excess =
+    cost(probe) / cost(0) - 1`` the probe's extra cost in plain steps. A probe after which the
+    policy still prefers plain steps doubles ``probe_after`` (up to ``max_probe_after``); one that
+    restarts drafting resets it. So the probes' extra time is at most
+    ``min(probe_budget, excess / probe_after)`` of the plain steps' time between them (at the
+    measured costs), and falls with every unsuccessful probe."""
 
     name = "adaptive"
 
     def __init__(self, costs: Optional[StepCosts] = None, prior: float = 0.9, probe_after: int = 16,
-                 max_probe_after: int = 1024):
+                 max_probe_after: int = 1024, probe_budget: float = 0.02):
+        if not (isinstance(probe_after, int) and 1 <= probe_after <= max_probe_after):
+            raise ValueError(f"argument 'probe_after' must be an int in [1, max_probe_after={max_probe_after}], "
+                             f"got {probe_after!r}")
+        if not (isinstance(probe_budget, (int, float)) and probe_budget > 0 and math.isfinite(probe_budget)):
+            raise ValueError(f"argument 'probe_budget' must be a finite number > 0, got {probe_budget!r}")
         self.costs = costs if costs is not None else StepCosts()
         self.prior = prior
         self.probe_after = self.min_probe_after = probe_after
         self.max_probe_after = max_probe_after
+        self.probe_budget = float(probe_budget)
         self.history: Optional[AcceptanceHistory] = None
-        self.idle: dict = {}
+        self.since_draft = 0       # plain steps since the last drafted step (kept across calls)
         self.probing = False
+        self._plain_run = None     # (requests, draft, verify_per_token, max plain cost): see _stays_plain
 
     def start(self, batch: int, depth: int) -> None:
         if self.history is None or self.history.depth != depth:
             self.history = AcceptanceHistory(depth, prior=self.prior)
         self.history.start(batch)
-        self.idle = {b: 0 for b in range(batch)}
+        self._plain_run = None
 
     def choose(self, requests: Sequence[int], options: Sequence[tuple],
                remaining: Optional[Sequence[int]] = None) -> tuple:
@@ -195,19 +229,60 @@ class AdaptivePolicy:
             return max(options)
         if c.plain is None:
             return (0, 0)
-        best = self._best(requests, options, remaining)
+        if self._stays_plain(requests):
+            best = (0, 0)
+        else:
+            best = self._best(requests, options, remaining)
+            self._plain_run = self._plain_run_bound(requests, options) if best == (0, 0) else None
         if self.probing:                          # the last step was a probe: did it pay?
             self.probe_after = (self.min_probe_after if best != (0, 0)
                                 else min(2 * self.probe_after, self.max_probe_after))
             self.probing = False
-        worth = remaining is None or max(remaining) > 1
-        if best == (0, 0) and worth and max(self.idle[b] for b in requests) >= self.probe_after:
-            longest = max(options)
-            perfect = len(requests) * (longest[0] + 1) / c.cost(longest[1])
-            if perfect > len(requests) / c.cost(0):
-                self.probing = True
-                return longest
+        if best != (0, 0) or self.since_draft < self.probe_after:
+            return best
+        if remaining is not None and max(remaining) <= 1:
+            return best                           # nothing left a draft could add
+        probe = self.probe_option(options)
+        if probe is not None and self.since_draft >= self.probe_interval(probe):
+            self.probing = True
+            return probe
         return best
+
+    def probe_option(self, options: Sequence[tuple]) -> Optional[tuple]:
+        """The shortest draft whose perfect outcome (every drafted token accepted: depth + 1
+        tokens per request) beats a plain step at the current costs; None if none would."""
+        plain_rate = 1.0 / max(self.costs.cost(0), 1e-12)
+        for depth, tokens in sorted(options, key=lambda o: (o[1], o[0])):
+            if depth > 0 and (depth + 1) / max(self.costs.cost(tokens), 1e-12) > plain_rate:
+                return (depth, tokens)
+        return None
+
+    def probe_interval(self, probe: tuple) -> int:
+        """Plain steps in a row before ``probe`` is taken (class docstring)."""
+        excess = self.costs.cost(probe[1]) / max(self.costs.cost(0), 1e-12) - 1.0
+        return max(self.probe_after, math.ceil(max(excess, 0.0) / self.probe_budget - 1e-9))  # (rounding)
+
+    def _stays_plain(self, requests) -> bool:
+        """True when the last full evaluation chose a plain step and proved it stays the best
+        choice until the next drafted step (same requests, draft and verify costs, plain cost at
+        most the bound): a plain run then costs the policy O(1) per step."""
+        run, c = self._plain_run, self.costs
+        return (run is not None and run[0] == requests and run[1] == c.draft and run[2] == c.verify_per_token
+                and c.plain <= run[3])
+
+    def _plain_run_bound(self, requests, options) -> tuple:
+        """The largest plain cost at which a plain step stays the best choice whatever the
+        requests' estimates fade to before the next drafted step: for every draft ``n``,
+        ``U(n) * plain <= |requests| * cost(n)`` with ``U(n)`` the bound of
+        :meth:`AcceptanceHistory.expected_tokens` (``upper=True``; ``remaining`` only lowers E)."""
+        c = self.costs
+        upper = self.history.expected_tokens(requests, upper=True)
+        bound = math.inf
+        for depth, tokens in options:
+            extra = upper[depth] - len(requests)          # sum over requests of U_b(n) - 1
+            if depth > 0 and extra > 0:
+                bound = min(bound, len(requests) * (c.draft + tokens * c.verify_per_token) / extra)
+        return (list(requests), c.draft, c.verify_per_token, bound)
 
     def _best(self, requests, options, remaining) -> tuple:
         best, best_rate = None, -math.inf
@@ -222,7 +297,10 @@ class AdaptivePolicy:
                 verify_s: float) -> None:
         for b, a in zip(requests, accepted):
             self.history.observe(b, option[0], a)
-            self.idle[b] = 0 if option[0] else self.idle[b] + 1
+        if option[0]:
+            self.since_draft, self._plain_run = 0, None
+        else:
+            self.since_draft += 1
         self.costs.observe(option[1], draft_s, verify_s)
 
 

@@ -184,6 +184,22 @@ def test_adaptive_with_expensive_drafts_takes_plain_steps_and_equals_target_only
     assert out.tokens == ref.tokens      # the plain step is the target-only step: same draws
 
 
+def test_a_request_never_drafted_for_never_runs_the_draft(pair, monkeypatch):
+    """The prompt's features wait in the queue for the first drafted step: with drafting too
+    expensive even to probe, the draft model is never called (and the output is target-only)."""
+    target, draft = pair
+    prompts = _prompts(3, [5, 8])
+    ref = generate(target, prompts, max_new_tokens=20).tokens
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the draft ran although no step drafted")
+
+    for name in ("append_context", "block_forward"):
+        monkeypatch.setattr(draft, name, boom)
+    out = generate(target, prompts, draft=draft, max_new_tokens=20, spec_policy=expensive())
+    assert out.tokens == ref and out.stats["draft_lengths"] == {"0": out.stats["steps"]}
+
+
 def test_compare_rule_on_greedy_drafts_matches(pair):
     target, draft = pair
     out = generate(target, _prompts(1, [5]), draft=draft, max_new_tokens=20, spec_policy="fixed",
@@ -206,7 +222,7 @@ def test_acceptance_history_shrinks_toward_the_population():
 
 
 def test_adaptive_policy_explores_then_follows_costs_and_probes_with_backoff():
-    p = AdaptivePolicy(probe_after=4)
+    p = AdaptivePolicy(probe_after=4, probe_budget=1.0)   # budget: K = max(4, ceil(excess))
     p.start(1, 8)
     options = [(n, n) for n in range(9)]
     assert p.choose([0], options) == (8, 8)      # costs unknown: the longest draft first

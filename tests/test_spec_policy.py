@@ -1,0 +1,108 @@
+"""The adaptive speculation policy alone (no models): the probe rule and its overhead bound, the
+schedule kept across calls, and the O(1) plain-run shortcut agreeing with a full evaluation."""
+import math
+import random
+
+import pytest
+
+from domino_kernels.spec_policy import AdaptivePolicy, StepCosts
+
+CHAIN = [(n, n) for n in range(9)]
+
+
+def _run(p, steps, batch=1, accepted=0, calls=1):
+    """``calls`` calls of ``steps`` steps each, every drafted token rejected after ``accepted``.
+    Returns the global step indices at which the policy drafted, and their lengths."""
+    drafted, i = [], 0
+    for _ in range(calls):
+        p.start(batch, 8)
+        for _ in range(steps):
+            option = p.choose(list(range(batch)), CHAIN)
+            if option[0]:
+                drafted.append((i, option[0]))
+            p.observe(list(range(batch)), option, [min(accepted, option[0])] * batch, 0.0, 0.0)
+            i += 1
+    return drafted
+
+
+def test_probe_is_the_shortest_draft_that_could_pay_and_none_when_none_could():
+    p = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True), probe_budget=0.05)
+    # a perfect draft of n tokens gives n + 1 tokens for 4 + 0.25 n: it beats a plain step from n = 5
+    assert p.probe_option(CHAIN) == (5, 5)
+    assert p.probe_interval((5, 5)) == math.ceil((5.25 - 1.0) / 0.05)        # 85 > probe_after
+    never = AdaptivePolicy(StepCosts(plain=1.0, draft=8.0, verify_per_token=0.25, frozen=True))
+    assert never.probe_option(CHAIN) is None                              # 9 tokens for 11.0: no
+    assert _run(never, 3000) == []
+    tree = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True))
+    assert tree.probe_option([(0, 0), (6, 16)]) is None                  # 7 tokens for 8.0: no
+    assert tree.probe_option([(0, 0), (8, 16)]) == (8, 16)                 # 9 tokens for 8.0
+
+
+@pytest.mark.parametrize("calls,steps", [(1, 6000), (60, 100)])
+def test_probes_when_drafting_never_pays_stay_within_the_budget(calls, steps):
+    """Nothing is ever accepted: after the exploration the policy drafts only short probes, spaced
+    at least ``max(probe_after, excess / budget)`` plain steps apart, the spacing doubling, also
+    when the steps come as many short calls (the schedule is kept across calls)."""
+    costs = StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True)
+    p = AdaptivePolicy(costs, probe_budget=0.05)
+    drafted = _run(p, steps, calls=calls)
+    assert drafted[0] == (0, 8)               # the optimistic prior (0.9) drafts once, fully
+    assert len(drafted) > 3 and all(n == 5 for _, n in drafted[1:])
+    gaps = [b - a for (a, _), (b, _) in zip(drafted, drafted[1:])]
+    assert all(g >= 86 for g in gaps)                     # 85 plain steps, then the probe
+    assert all(b >= a for a, b in zip(gaps, gaps[1:]))    # never shorter again
+    excess = costs.cost(5) / costs.cost(0) - 1.0
+    extra = excess * len(drafted)                         # the probes' time beyond plain steps
+    assert extra <= 0.05 * (calls * steps - len(drafted)) + excess   # the budget (+ the first probe)
+    # backoff: 16 doubles to 1024 within 6 probes; from then on 1024 plain steps between probes
+    assert gaps[-1] >= 1024 if len(gaps) > 7 else gaps[-1] >= 86
+
+
+def test_a_probe_that_pays_restarts_drafting_and_resets_the_interval():
+    p = AdaptivePolicy(StepCosts(plain=1.0, draft=1.0, verify_per_token=0.1, frozen=True), prior=0.05,
+                       probe_budget=0.05)
+    # probe: 2 tokens (3 for 2.2 beats a plain step), after max(16, ceil(1.2 / 0.05)) = 24 plain steps
+    assert p.probe_option(CHAIN) == (2, 2) and p.probe_interval((2, 2)) == 24
+    p.start(1, 8)
+    picks = []
+    for _ in range(200):
+        option = p.choose([0], CHAIN)
+        picks.append(option[0])
+        good = len(picks) > 24                  # from the first probe on every token is accepted
+        p.observe([0], option, [option[0] if good else 0], 0.0, 0.0)
+    first = next(i for i, n in enumerate(picks) if n)
+    assert first == 24 and picks[first] == 2 and all(picks[first + 1:]) and p.probe_after == p.min_probe_after
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_plain_run_shortcut_agrees_with_a_full_evaluation(seed):
+    """Random histories and measured (moving) plain costs: whenever the shortcut answers "plain",
+    the full expected-rate comparison answers the same."""
+    rng = random.Random(seed)
+    p = AdaptivePolicy(StepCosts(window=3), probe_after=10 ** 6, max_probe_after=10 ** 6)
+    batch = 3
+    p.start(batch, 8)
+    p.observe([0, 1, 2], (8, 8), [0, 0, 0], 3.0, 1.5)            # calibrate draft / verify costs
+    p.observe([0, 1, 2], (0, 0), [0, 0, 0], 0.0, 1.0)            # and the plain step
+    shortcuts = 0
+    for step in range(600):
+        active = [b for b in range(batch) if step < 500 or b != 1]    # a request finishes
+        remaining = [rng.randint(1, 40) for _ in active]
+        shortcut = p._stays_plain(active)
+        option = p.choose(active, CHAIN, remaining)
+        full = p._best(active, CHAIN, remaining)
+        assert option == full, (step, option, full)
+        shortcuts += shortcut
+        if option[0]:
+            acc = [rng.choice([0, 0, 1, option[0]]) for _ in active]
+            p.observe(active, option, acc, 3.0 * rng.uniform(0.5, 2), 1.5 * rng.uniform(0.5, 2))
+        else:
+            p.observe(active, option, [0] * len(active), 0.0, rng.uniform(0.2, 2.0))
+    assert shortcuts > 100
+
+
+def test_bad_probe_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="probe_after"):
+        AdaptivePolicy(probe_after=0)
+    with pytest.raises(ValueError, match="probe_budget"):
+        AdaptivePolicy(probe_budget=float("nan"))
