@@ -4,8 +4,8 @@ Held-out prompts (the first tokens of held-out standard-library files, never tra
 tokenizer, the target or the drafters) are decoded one request at a time with
 ``domino_kernels.generate.generate``, greedy (T=0) and sampled (T=0.7, 1), with chain and tree
 drafting under the fixed and the adaptive speculation policy. Reports the verify rule, τ (mean
-tokens emitted per drafted step, bonus included; at T>0 for chains also τ of the target-only rule
-on the same drafts), how many steps drafted, tokens/s and the speedup over target-only decoding at
+tokens emitted per drafted step, bonus included; at T>0 for fixed-policy chains also τ of the
+target-only rule on the same drafts, from a second, untimed run), how many steps drafted, tokens/s and the speedup over target-only decoding at
 the same temperature, all measured in this process (on a single-threaded CPU run in CPU seconds of
 the process, which other jobs on a shared machine do not inflate). At T=0 every speculative output must equal
 the target-only output token for token (the script exits non-zero otherwise).
@@ -56,11 +56,11 @@ CONFIGS = [  # (label, drafter, drafting, spec_policy, use_head)
 ]
 
 
-def decode_one(target, prompt, *, draft, temperature, seed, max_new, drafting, policy, use_head, args):
+def decode_one(target, prompt, *, draft, temperature, seed, max_new, drafting, policy, use_head, args,
+               compare=None):
     from domino_kernels.generate import generate
 
     tree = drafting == "tree"
-    compare = "target_only" if draft is not None and temperature > 0 and not tree else None
     return generate(target, [prompt], draft=draft, max_new_tokens=max_new, temperature=temperature, seed=seed,
                     ignore_eos=True, use_head=use_head, tree_topk=args.tree_topk if tree else 0,
                     tree_budget=args.tree_budget if tree else 0,
@@ -115,9 +115,15 @@ def run_temperature(target, drafts, prompts, temp, args):
             drafted = st["steps"] - int(st.get("draft_lengths", {}).get("0", 0)) if draft is not None else 0
             a["drafted_steps"] += drafted
             a["tau_w"] += st["tau"] * drafted
-            if "compare_tau" in st:
-                a["cmp_w"] += st["compare_tau"] * drafted
             a["rule"] = st.get("rule", "-")
+            if draft is not None and temp > 0 and drafting == "chain" and policy == "fixed":
+                # τ of the target-only rule on the very same drafts (the fixed policy and the seed
+                # fix them): a second, untimed run that verifies every step both ways
+                cmp = decode_one(target, p, draft=draft, temperature=temp, seed=args.seed + j,
+                                 max_new=args.max_new_tokens, drafting=drafting, policy=policy,
+                                 use_head=use_head, args=args, compare="target_only")
+                assert cmp.tokens == res.tokens
+                a["cmp_w"] += cmp.stats["compare_tau"] * drafted
     base = acc[0]
     rows = []
     for i, (label, drafter, drafting, policy, _) in enumerate(CONFIGS):

@@ -130,7 +130,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
              num_proposals: Optional[int] = None, tree_topk: int = 0, tree_budget: int = 0,
              use_head: bool = True, trace: bool = False,
              on_step: Optional[Callable[[int, int], None]] = None, spec_policy="adaptive",
-             draft_temperature: Optional[float] = None, compare_rule: Optional[str] = None) -> GenerateResult:
+             draft_temperature: Optional[float] = None, compare_rule: Optional[str] = None,
+             tree_as_chain: bool = True) -> GenerateResult:
     """Decode ``prompts`` (lists of token ids, any lengths) with ``target``, speculatively when a
     ``draft`` is given. Greedy at ``temperature=0`` (output equals target-only greedy decoding),
     else sampling with top-k / top-p, reproducible from ``seed``. ``tree_topk > 0`` and
@@ -143,7 +144,10 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     object (``spec_policy.AdaptivePolicy(costs=StepCosts(...))``). ``draft_temperature``: the
     temperature drafts are sampled at when ``temperature > 0`` (default: ``temperature``; 0 drafts
     greedily and verifies by the target-only rule). ``compare_rule``: statistics only, also verify
-    every drafted step's drafts with this rule (its result is discarded; ``stats["compare_tau"]``)."""
+    every drafted step's drafts with this rule (its result is discarded; ``stats["compare_tau"]``).
+    ``tree_as_chain``: a tree whose budget fits the block's depth is, by the spine rule, exactly the
+    chain of ``tree_budget`` proposals, and is drafted as that chain (cheaper; ``False`` runs the
+    tree kernels anyway, e.g. to test them)."""
     prompts = _check_prompts(prompts, target, max_new_tokens)
     _check_sampling(temperature, top_k, top_p, draft_temperature)
     policy = make_policy(spec_policy, cache=None)  # validates the name; the draft's own copy below
@@ -167,10 +171,18 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     greedy = temperature == 0
     d_temp = float(temperature if draft_temperature is None else draft_temperature)
     sampled = spec and not greedy and d_temp > 0
+    as_chain = False
     if spec:
         n_prop = num_proposals or draft.max_proposals()
         if not 1 <= n_prop <= draft.max_proposals():
             raise ValueError(f"argument 'num_proposals' must be in [1, {draft.max_proposals()}], got {n_prop}")
+        if tree and tree_as_chain and tree_budget <= draft.max_proposals():
+            # The tree pins its spine (the rank-0 path: the chain) before any other node, so a
+            # budget the block's depth can hold is spent on the spine alone: the tree IS the chain
+            # of `tree_budget` proposals (same tokens at T = 0, same law at T > 0; docs/rollout.md).
+            # Draft it as that chain: no beam rows in the rollout, a causal verify, and the policy
+            # may pick any shorter length.
+            tree, as_chain, n_prop = False, True, tree_budget
         depth = min(tree_budget, draft.max_proposals()) if tree else n_prop
         options = [(0, 0), (depth, tree_budget)] if tree else [(n, n) for n in range(n_prop + 1)]
         width = 1 + (tree_budget if tree else n_prop)
@@ -182,6 +194,7 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
         stats["mode"] = ("tree" if tree else "chain") + (" domino" if use_head and draft.head is not None
                                                          else " dflash")
         stats["rule"] = verify_rule(tree, sampled, greedy)
+        stats["tree_as_chain"] = as_chain
         key = (bsz, tree_topk, tree_budget, n_prop, use_head, float(temperature), top_k, float(top_p), d_temp,
                str(dev))
         policy = make_policy(spec_policy, cache=draft.policies, key=key)

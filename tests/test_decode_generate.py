@@ -122,7 +122,7 @@ def test_gru_table_path_stays_lossless(tmp_path, pair):
     assert draft.gru_table.shape == (V, 3 * 24)
     table = generate(target, prompts, draft=draft, max_new_tokens=16, trace=True, spec_policy="fixed")
     assert table.tokens == plain.tokens == ref
-    assert generate(target, prompts, draft=draft, max_new_tokens=16, tree_topk=2, tree_budget=6).tokens == ref
+    assert generate(target, prompts, draft=draft, max_new_tokens=16, tree_topk=2, tree_budget=6, tree_as_chain=False).tokens == ref
     assert [r["draft"] for r in table.trace] == [r["draft"] for r in plain.trace]  # fp32: same drafts
 
 
@@ -131,8 +131,27 @@ def test_greedy_tree_equals_target_only(pair):
     prompts = _prompts(7, [4, 9, 2])
     ref = generate(target, prompts, max_new_tokens=20)
     for draft in (domino, dflash):
-        out = generate(target, prompts, draft=draft, max_new_tokens=20, tree_topk=2, tree_budget=6)
+        out = generate(target, prompts, draft=draft, max_new_tokens=20, tree_topk=2, tree_budget=6, tree_as_chain=False)
         assert out.tokens == ref.tokens and out.stats["mode"].startswith("tree")
+
+
+@pytest.mark.parametrize("budget", [5, 16])
+def test_tree_within_the_block_is_drafted_as_its_chain(pair, budget):
+    """By the spine rule a tree whose budget fits the block's depth is the chain of `budget`
+    proposals: drafted as that chain it gives the chain's steps and tokens, and the tree kernels
+    give the very same drafts (a greedy tree = its spine here), so the same output and tau."""
+    _, target, domino, _ = pair
+    prompts = _prompts(11, [5, 8])
+    chain = generate(target, prompts, draft=domino, max_new_tokens=24, num_proposals=budget, spec_policy="fixed")
+    fast = generate(target, prompts, draft=domino, max_new_tokens=24, tree_topk=3, tree_budget=budget,
+                    spec_policy="fixed")
+    slow = generate(target, prompts, draft=domino, max_new_tokens=24, tree_topk=3, tree_budget=budget,
+                    spec_policy="fixed", tree_as_chain=False)
+    assert fast.stats["tree_as_chain"] and fast.stats["mode"].startswith("chain")
+    assert not slow.stats["tree_as_chain"] and slow.stats["mode"].startswith("tree")
+    assert fast.tokens == chain.tokens == slow.tokens == generate(target, prompts, max_new_tokens=24).tokens
+    assert fast.stats["accept_hist"] == chain.stats["accept_hist"]
+    assert slow.stats["tau"] == chain.stats["tau"]
 
 
 @pytest.mark.parametrize("topk,budget", [(1, 8), (2, 16), (3, 30), (4, 64)])
@@ -144,7 +163,7 @@ def test_greedy_dynamic_tree_equals_target_only_ragged(pair, monkeypatch, topk, 
     prompts = _prompts(40 + topk, [3, 11, 1, 7])
     ref = generate(target, prompts, max_new_tokens=24).tokens
     for draft in (domino, dflash):
-        out = generate(target, prompts, draft=draft, max_new_tokens=24, tree_topk=topk, tree_budget=budget)
+        out = generate(target, prompts, draft=draft, max_new_tokens=24, tree_topk=topk, tree_budget=budget, tree_as_chain=False)
         assert out.tokens == ref
     original = domino.propose_tree
 
@@ -156,7 +175,7 @@ def test_greedy_dynamic_tree_equals_target_only_ragged(pair, monkeypatch, topk, 
         return tokens.masked_fill(pad, -1), parents.masked_fill(pad, -1), cut
 
     monkeypatch.setattr(domino, "propose_tree", ragged)
-    out = generate(target, prompts, draft=domino, max_new_tokens=24, tree_topk=topk, tree_budget=budget)
+    out = generate(target, prompts, draft=domino, max_new_tokens=24, tree_topk=topk, tree_budget=budget, tree_as_chain=False)
     assert out.tokens == ref
 
 
@@ -177,7 +196,7 @@ def test_oracle_draft_high_acceptance_stays_lossless(tmp_path, pair, tree):
     ref = generate(target, prompts, max_new_tokens=60)
     full = [p + r for p, r in zip(prompts, ref.tokens)]
     Oracle(draft, full, seed=3)
-    kw = dict(tree_topk=2, tree_budget=16) if tree else dict(num_proposals=8)
+    kw = dict(tree_topk=2, tree_budget=16, tree_as_chain=False) if tree else dict(num_proposals=8)
     out = generate(target, prompts, draft=draft, max_new_tokens=40, trace=True, **kw)
     assert out.tokens == [r[:40] for r in ref.tokens]
     hist = out.stats["accept_hist"]
@@ -276,7 +295,7 @@ def test_sampled_speculative_decoding_has_the_target_sequence_distribution(tmp_p
         return toks, parents, torch.full((len(anchor),), 4)
 
     draft.propose_tree = propose_tree
-    kw = dict(tree_topk=2, tree_budget=3) if tree else dict(num_proposals=3)
+    kw = dict(tree_topk=2, tree_budget=3, tree_as_chain=False) if tree else dict(num_proposals=3)
     counts = np.zeros(vocab ** 3)
     taus = []
     for chunk in range(4):
@@ -368,7 +387,7 @@ def test_random_configurations_stay_lossless(tmp_path, pair, case):
     if case % 3 == 0:
         draft = load_draft(str(make_draft(tmp_path, 32) and tmp_path), target)
         Oracle(draft, [p + r for p, r in zip(prompts, ref.tokens)], seed=case)
-    kw = (dict(tree_topk=int(rng.integers(1, 4)), tree_budget=int(rng.integers(2, 24))) if case >= 3
+    kw = (dict(tree_topk=int(rng.integers(1, 4)), tree_budget=int(rng.integers(2, 24)), tree_as_chain=False) if case >= 3
           else dict(num_proposals=int(rng.integers(1, draft.max_proposals() + 1))))
     out = generate(target, prompts, draft=draft, max_new_tokens=max_new, **kw)
     assert out.tokens == [r[:max_new] for r in ref.tokens]
@@ -392,7 +411,7 @@ def test_cuda_decoding_is_lossless_and_matches_cpu(tmp_path, pair):
     assert ref == ref_cpu
     assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24).tokens == ref
     assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24, tree_topk=2,
-                    tree_budget=8).tokens == ref
+                    tree_budget=8, tree_as_chain=False).tokens == ref
     for policy in ("fixed", "adaptive"):   # greedy: every policy
         assert generate(gpu_target, prompts, draft=gpu_draft, max_new_tokens=24, spec_policy=policy).tokens == ref
     # sampled chains (rollout q rows + rejection) on the device: reproducible under the fixed policy

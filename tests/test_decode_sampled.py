@@ -91,8 +91,8 @@ CASES = {
     "domino T1.2 top-p 0.8, mixed lengths": dict(temperature=1.2, top_p=0.8, policy=lambda: Cycle([3, 0, 1, 3, 2])),
     "domino T1 draft T0.6": dict(temperature=1.0, draft_temperature=0.6),
     "dflash T1": dict(temperature=1.0, use_head=False),
-    "domino tree T1": dict(temperature=1.0, tree_topk=2, tree_budget=4),
-    "domino tree T0.8 top-k 4": dict(temperature=0.8, top_k=4, tree_topk=2, tree_budget=4),
+    "domino tree T1": dict(temperature=1.0, tree_topk=2, tree_budget=4, tree_as_chain=False),
+    "domino tree T0.8 top-k 4": dict(temperature=0.8, top_k=4, tree_topk=2, tree_budget=4, tree_as_chain=False),
 }
 
 
@@ -152,7 +152,7 @@ def test_greedy_output_is_target_only_under_every_policy(pair, tree):
     target, draft = pair
     prompts = _prompts(5, [3, 11, 6])
     ref = generate(target, prompts, max_new_tokens=30).tokens
-    kw = dict(tree_topk=2, tree_budget=6) if tree else dict(num_proposals=5)
+    kw = dict(tree_topk=2, tree_budget=6, tree_as_chain=False) if tree else dict(num_proposals=5)
     cheap = AdaptivePolicy(StepCosts(plain=1.0, draft=0.01, verify_per_token=0.0, frozen=True))
     for policy in ("fixed", "adaptive", cheap, expensive(), Cycle([5, 0, 0, 2, 1, 0, 4])):
         out = generate(target, prompts, draft=draft, max_new_tokens=30, spec_policy=policy, **kw)

@@ -57,7 +57,7 @@ def _check_spans(res, drafted: bool):
 
 
 @pytest.mark.parametrize("kw", [dict(spec_policy="fixed"), dict(spec_policy="adaptive"),
-                                dict(tree_topk=2, tree_budget=6, spec_policy="fixed"),
+                                dict(tree_topk=2, tree_budget=6, tree_as_chain=False, spec_policy="fixed"),
                                 dict(temperature=1.0, seed=3, spec_policy="fixed")],
                          ids=["chain-fixed", "chain-adaptive", "tree", "sampled"])
 def test_spans_partition_output_and_match_tau(pair, kw):
