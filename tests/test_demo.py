@@ -146,7 +146,8 @@ def test_use_color():
 def _demo(*extra):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = cli(["demo", "--max-new-tokens", "24", "--spec-policy", "fixed", *extra])
+        rc = cli(["demo", "--max-new-tokens", "24", "--spec-policy", "fixed", "--prompt", "def read_config(path):",
+                  *extra])
     return rc, buf.getvalue()
 
 
