@@ -17,7 +17,7 @@ measured by it, deeper ones borrow from the shallower estimates), never a draft 
 it is taken after ``K = max(probe_after, ceil(excess / probe_budget))`` plain steps in a row
 (``excess = cost(probe) / cost(0) - 1``; ``probe_after`` starts at 16 and doubles after every
 probe that does not restart drafting, up to 1024). Worst case, when drafting never pays: the probes
-add at most ``min(probe_budget, excess / probe_after)`` (2 % by default, falling toward
+add at most ``min(probe_budget, excess / probe_after)`` (0.5 % by default, falling toward
 ``excess / 1024``) to the time of the plain steps, at the measured costs. The schedule and the
 population's acceptance are kept across calls, so short requests do not restart it.
 
@@ -42,14 +42,21 @@ class StepCosts:
     independent of ``n``: on both devices it is dominated by the block forward; the verify stage
     grows with the drafted tokens). Unknown entries (None) are measured by the first steps, each
     the median of its last ``window`` measurements (a shared machine's load spikes do not move a
-    median); ``frozen`` costs are never updated (tests, reproducible adaptive runs)."""
+    median); ``frozen`` costs are never updated (tests, reproducible adaptive runs).
+
+    The linear model only extrapolates: a length ``n`` drafted at least ``min_samples`` times
+    costs the median of its own measured steps (draft + verify stage), so a length the policy keeps
+    choosing is priced by what it really costs (a per-token verify cost estimated from short
+    probes can be far off for a long draft, and a draft stage's cost does depend on ``n``)."""
 
     plain: Optional[float] = None
     draft: Optional[float] = None
     verify_per_token: Optional[float] = None
     frozen: bool = False
     window: int = 15
+    min_samples: int = 3
     samples: dict = field(default_factory=lambda: {"plain": [], "draft": [], "verify_per_token": []})
+    by_length: dict = field(default_factory=dict)   # n -> recent measured step seconds (n >= 1)
 
     def known(self) -> bool:
         return None not in (self.plain, self.draft, self.verify_per_token)
@@ -57,7 +64,16 @@ class StepCosts:
     def cost(self, n: int) -> float:
         if n == 0:
             return self.plain
-        return self.draft + self.plain + n * self.verify_per_token
+        fixed, plain_coef = self.drafted(n)
+        return fixed + plain_coef * self.plain
+
+    def drafted(self, n: int) -> tuple:
+        """``cost(n) = fixed + plain_coef * plain`` for ``n >= 1``: ``(median, 0)`` when ``n`` has
+        been measured ``min_samples`` times, else the linear model's ``(draft + n * verify, 1)``."""
+        xs = self.by_length.get(n)
+        if xs is not None and len(xs) >= self.min_samples:
+            return statistics.median(xs), 0.0
+        return self.draft + n * self.verify_per_token, 1.0
 
     def observe(self, n: int, draft_s: float, verify_s: float) -> None:
         """Record a measured step: ``verify_s`` is the target forward + verify of ``n + 1`` tokens per
@@ -68,6 +84,9 @@ class StepCosts:
             self._add("plain", verify_s)
             return
         self._add("draft", draft_s)
+        xs = self.by_length.setdefault(n, [])
+        xs.append(draft_s + verify_s)
+        del xs[:-self.window]
         # until a plain step is measured, the n-token verify stands in for it (an upper bound)
         plain = self.plain if self.plain is not None else verify_s
         self._add("verify_per_token", max(verify_s - plain, 0.0) / n)
@@ -197,7 +216,7 @@ class AdaptivePolicy:
     name = "adaptive"
 
     def __init__(self, costs: Optional[StepCosts] = None, prior: float = 0.9, probe_after: int = 16,
-                 max_probe_after: int = 1024, probe_budget: float = 0.02):
+                 max_probe_after: int = 1024, probe_budget: float = 0.005):
         if not (isinstance(probe_after, int) and 1 <= probe_after <= max_probe_after):
             raise ValueError(f"argument 'probe_after' must be an int in [1, max_probe_after={max_probe_after}], "
                              f"got {probe_after!r}")
@@ -277,11 +296,15 @@ class AdaptivePolicy:
         :meth:`AcceptanceHistory.expected_tokens` (``upper=True``; ``remaining`` only lowers E)."""
         c = self.costs
         upper = self.history.expected_tokens(requests, upper=True)
-        bound = math.inf
+        bound, r = math.inf, len(requests)
         for depth, tokens in options:
-            extra = upper[depth] - len(requests)          # sum over requests of U_b(n) - 1
-            if depth > 0 and extra > 0:
-                bound = min(bound, len(requests) * (c.draft + tokens * c.verify_per_token) / extra)
+            if depth == 0:
+                continue
+            # U(n) * plain <= r * (fixed + coef * plain)  <=>  plain * (U(n) - r * coef) <= r * fixed
+            fixed, coef = c.drafted(tokens)
+            slope = upper[depth] - r * coef
+            if slope > 0:
+                bound = min(bound, r * fixed / slope)
         return (list(requests), c.draft, c.verify_per_token, bound)
 
     def _best(self, requests, options, remaining) -> tuple:

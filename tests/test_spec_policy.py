@@ -101,6 +101,51 @@ def test_the_plain_run_shortcut_agrees_with_a_full_evaluation(seed):
     assert shortcuts > 100
 
 
+def test_a_length_drafted_often_is_priced_by_its_own_measured_steps():
+    c = StepCosts(min_samples=3)
+    c.observe(0, 0.0, 1.0)                                       # plain: 1
+    c.observe(1, 2.0, 1.1)                                       # a 1-token probe: draft 2, verify +0.1
+    assert c.cost(8) == pytest.approx(2.0 + 1.0 + 8 * 0.1)       # extrapolated: 3.8
+    for _ in range(2):
+        c.observe(8, 2.5, 6.0)
+    assert c.drafted(8)[1] == 1.0                                # 2 samples: still the linear model
+    c.observe(8, 2.5, 6.0)
+    assert c.drafted(8) == (8.5, 0.0) and c.cost(8) == 8.5       # 3 samples: their median
+    assert c.drafted(4)[1] == 1.0                                # other lengths still extrapolate
+    frozen = StepCosts(plain=1.0, draft=2.0, verify_per_token=0.1, frozen=True)
+    for _ in range(5):
+        frozen.observe(8, 2.5, 6.0)
+    assert frozen.cost(8) == pytest.approx(3.8)                  # frozen costs never move
+
+
+def test_the_policy_stops_drafting_a_length_that_costs_more_than_modelled():
+    """Ten 1-token probes (draft stage 2, verify +0.1 per token) make the linear model price an
+    8-token draft at 3.8 plain steps; the 8-token steps really cost 7.8 (their draft stage is
+    dearer). With ~5 tokens per 8-token step the model says draft (5 / 3.8 > 1), the truth says
+    plain (5 / 7.8 < 1): once three 8-token steps are measured the policy takes plain steps,
+    where the linear model alone (medians dominated by the probes) would keep drafting."""
+    def run(min_samples):
+        p = AdaptivePolicy(StepCosts(min_samples=min_samples), probe_after=10 ** 6, max_probe_after=10 ** 6)
+        p.start(1, 8)
+        p.observe([0], (0, 0), [0], 0.0, 1.0)
+        for _ in range(10):
+            p.observe([0], (1, 1), [1], 2.0, 1.1)
+        chose = []
+        for _ in range(12):
+            option = p.choose([0], [(0, 0), (1, 1), (8, 8)])
+            chose.append(option[0])
+            if option[0] == 8:
+                p.observe([0], option, [4], 6.0, 1.8)
+            elif option[0]:
+                p.observe([0], option, [1], 2.0, 1.1)
+            else:
+                p.observe([0], option, [0], 0.0, 1.0)
+        return chose
+    measured = run(3)
+    assert measured[:3] == [8, 8, 8] and measured[3:] == [0] * 9, measured
+    assert run(10 ** 6).count(8) >= 8          # the linear model alone keeps paying for it
+
+
 def test_bad_probe_arguments_name_the_argument():
     with pytest.raises(ValueError, match="probe_after"):
         AdaptivePolicy(probe_after=0)
