@@ -11,7 +11,7 @@ the process, which other jobs on a shared machine do not inflate). At T=0 every 
 the target-only output token for token (the script exits non-zero otherwise).
 
     python -m bench.bench_models [--root domino_kernels/assets/default] [--prompts 8]
-                                 [--max-new-tokens 128] [--tree-topk 2 --tree-budget 16]
+                                 [--max-new-tokens 128] [--tree-topk 4 --tree-budget 32]
                                  [--temperatures 0,0.7,1] [--device cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
@@ -161,8 +161,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--tree-topk", type=int, default=2)
-    ap.add_argument("--tree-budget", type=int, default=16)
+    ap.add_argument("--tree-topk", type=int, default=4,
+                    help="tree rows: fan-out (a budget within the block is drafted as the chain it equals)")
+    ap.add_argument("--tree-budget", type=int, default=32)
     ap.add_argument("--temperatures", default="0,0.7,1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
