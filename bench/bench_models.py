@@ -17,6 +17,7 @@ the target-only output token for token (the script exits non-zero otherwise).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -95,15 +96,20 @@ def greedy_loops(tokenizer_path: str, outputs: list) -> dict:
 
 def run_temperature(target, drafts, prompts, temp, args):
     """Every configuration on every prompt, prompt-major (the configurations of one prompt run
-    back to back, so machine load drifts hit them alike). Returns one row per configuration."""
+    back to back, so machine load drifts hit them alike; their order rotates from prompt to prompt). Returns one row per configuration."""
     # CPU seconds of this process on a single-threaded CPU run: other jobs on a shared machine
     # delay the wall clock, not this process's CPU time (wall time elsewhere)
     clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
                "cmp_w": 0.0, "cmp_n": 0, "rule": "-"} for i in range(len(CONFIGS))}
     for j, p in enumerate(prompts):
-        for i, (_, drafter, drafting, policy, use_head) in enumerate(CONFIGS):
+        # the configurations' order rotates from prompt to prompt (no configuration always runs
+        # first or right after the allocation-heavy fixed-policy runs), and the garbage of one
+        # run is collected before the next is timed
+        for i in [(j + k) % len(CONFIGS) for k in range(len(CONFIGS))]:
+            _, drafter, drafting, policy, use_head = CONFIGS[i]
             draft = drafts[drafter] if drafter else None
+            gc.collect()
             t0 = clock()
             res = decode_one(target, p, draft=draft, temperature=temp, seed=args.seed + j, max_new=args.max_new_tokens,
                              drafting=drafting, policy=policy, use_head=use_head, args=args)
