@@ -12,7 +12,7 @@ the target-only output token for token (the script exits non-zero otherwise).
 
     python -m bench.bench_models [--root domino_kernels/assets/default] [--prompts 8]
                                  [--max-new-tokens 128] [--tree-topk 4 --tree-budget 32]
-                                 [--temperatures 0,0.7,1] [--device cpu|cuda] [--threads 1]
+                                 [--temperatures 0,0.7,1] [--repeats 1] [--device cpu|cuda] [--threads 1]
 """
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ def run_temperature(target, drafts, prompts, temp, args):
     clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
                "cmp_w": 0.0, "cmp_n": 0, "rule": "-"} for i in range(len(CONFIGS))}
-    for j, p in enumerate(prompts):
+    for rep, (j, p) in [(r, jp) for r in range(args.repeats) for jp in enumerate(prompts)]:
         # the configurations' order rotates from prompt to prompt (no configuration always runs
         # first or right after the allocation-heavy fixed-policy runs), and the garbage of one
         # run is collected before the next is timed
-        for i in [(j + k) % len(CONFIGS) for k in range(len(CONFIGS))]:
+        for i in [(j + rep + k) % len(CONFIGS) for k in range(len(CONFIGS))]:
             _, drafter, drafting, policy, use_head = CONFIGS[i]
             draft = drafts[drafter] if drafter else None
             gc.collect()
@@ -115,14 +115,17 @@ def run_temperature(target, drafts, prompts, temp, args):
                              drafting=drafting, policy=policy, use_head=use_head, args=args)
             a, st = acc[i], res.stats
             a["secs"] += clock() - t0
-            a["tokens"].append(res.tokens[0])
+            if rep == 0:
+                a["tokens"].append(res.tokens[0])
+            elif temp == 0.0 and res.tokens[0] != a["tokens"][j]:
+                a["unstable"] = True          # a greedy output must not change between repeats
             a["new"] += st["new_tokens"]
             a["steps"] += st["steps"]
             drafted = st["steps"] - int(st.get("draft_lengths", {}).get("0", 0)) if draft is not None else 0
             a["drafted_steps"] += drafted
             a["tau_w"] += st["tau"] * drafted
             a["rule"] = st.get("rule", "-")
-            if draft is not None and temp > 0 and drafting == "chain" and policy == "fixed":
+            if rep == 0 and draft is not None and temp > 0 and drafting == "chain" and policy == "fixed":
                 # τ of the target-only rule on the very same drafts (the fixed policy and the seed
                 # fix them): a second, untimed run that verifies every step both ways
                 cmp = decode_one(target, p, draft=draft, temperature=temp, seed=args.seed + j,
@@ -130,6 +133,7 @@ def run_temperature(target, drafts, prompts, temp, args):
                                  use_head=use_head, args=args, compare="target_only")
                 assert cmp.tokens == res.tokens
                 a["cmp_w"] += cmp.stats["compare_tau"] * drafted
+                a["cmp_n"] += drafted
     base = acc[0]
     rows = []
     for i, (label, drafter, drafting, policy, _) in enumerate(CONFIGS):
@@ -137,11 +141,11 @@ def run_temperature(target, drafts, prompts, temp, args):
         tps = a["new"] / a["secs"]
         same = "-"
         if temp == 0.0 and drafter:
-            same = a["tokens"] == base["tokens"]
+            same = a["tokens"] == base["tokens"] and not a.get("unstable") and not base.get("unstable")
         drafted = a["drafted_steps"]
         rows.append({"T": temp, "drafter": label, "drafting": drafting, "policy": policy, "rule": a["rule"],
                      "tau": a["tau_w"] / drafted if drafted else (1.0 if not drafter else None),
-                     "tau_target_only_rule": (a["cmp_w"] / drafted if drafted and a["cmp_w"] else None),
+                     "tau_target_only_rule": a["cmp_w"] / a["cmp_n"] if a["cmp_n"] else None,
                      "drafted_steps": f"{drafted}/{a['steps']}" if drafter else "-",
                      "tok_per_s": tps, "speedup": tps / (base["new"] / base["secs"]), "greedy_equal": same})
         print(f"T={temp} {label} {drafting} {policy}: {rows[-1]}", file=sys.stderr)
@@ -171,6 +175,9 @@ def main(argv=None) -> int:
                     help="tree rows: fan-out (a budget within the block is drafted as the chain it equals)")
     ap.add_argument("--tree-budget", type=int, default=32)
     ap.add_argument("--temperatures", default="0,0.7,1")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="decode every prompt this many times per configuration (timing noise shrinks; "
+                         "steps and τ are summed over the repeats)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="1 by default: on a shared 2-core machine a second OpenMP thread mostly spin-waits")
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
           f"{args.tree_budget} nodes; tau over drafted steps")
     print_table(rows, cols)
     return finish("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
-                                   "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens,
+                                   "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
                                    "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
                                    "dtype": args.dtype, "step_costs": costs, "greedy_loops": loops}, ok,
                   "a greedy speculative output differs from target-only decoding", device=args.device)
