@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import sys
 import time
 
@@ -114,7 +115,9 @@ def run_temperature(target, drafts, prompts, temp, args):
             res = decode_one(target, p, draft=draft, temperature=temp, seed=args.seed + j, max_new=args.max_new_tokens,
                              drafting=drafting, policy=policy, use_head=use_head, args=args)
             a, st = acc[i], res.stats
-            a["secs"] += clock() - t0
+            secs = clock() - t0
+            a["secs"] += secs
+            a.setdefault("runs", {})[rep, j] = res.stats["new_tokens"] / secs
             if rep == 0:
                 a["tokens"].append(res.tokens[0])
             elif temp == 0.0 and res.tokens[0] != a["tokens"][j]:
@@ -147,7 +150,11 @@ def run_temperature(target, drafts, prompts, temp, args):
                      "tau": a["tau_w"] / drafted if drafted else (1.0 if not drafter else None),
                      "tau_target_only_rule": a["cmp_w"] / a["cmp_n"] if a["cmp_n"] else None,
                      "drafted_steps": f"{drafted}/{a['steps']}" if drafter else "-",
-                     "tok_per_s": tps, "speedup": tps / (base["new"] / base["secs"]), "greedy_equal": same})
+                     "tok_per_s": tps, "speedup": tps / (base["new"] / base["secs"]),
+                     # each run against the target-only run of the same prompt and repeat (a few
+                     # seconds apart), median over the runs: robust to the machine's speed drifting
+                     "speedup_paired_median": statistics.median(a["runs"][k] / base["runs"][k] for k in base["runs"]),
+                     "greedy_equal": same})
         print(f"T={temp} {label} {drafting} {policy}: {rows[-1]}", file=sys.stderr)
     return rows, base["tokens"]
 
@@ -218,7 +225,7 @@ def main(argv=None) -> int:
         print(f"measured step costs ({c['config']}): plain {1e3 * c['plain_s']:.2f} ms, draft "
               f"{1e3 * c['draft_s']:.2f} ms, verify +{1e3 * c['verify_per_token_s']:.3f} ms per drafted token")
     cols = ["T", "drafter", "drafting", "policy", "rule", "tau", "tau_target_only_rule", "drafted_steps",
-            "tok_per_s", "speedup", "greedy_equal"]
+            "tok_per_s", "speedup", "speedup_paired_median", "greedy_equal"]
     print(f"{len(prompts)} held-out prompts x {args.max_new_tokens} new tokens, batch 1, {args.device}, "
           f"{args.dtype}, {torch.get_num_threads()} threads; tree: top-{args.tree_topk}, "
           f"{args.tree_budget} nodes; tau over drafted steps")
