@@ -161,9 +161,9 @@ def test_generate_feeds_the_drafts_meaning_and_stays_lossless(tmp_path, last):
     seen = []
     append_context = draft.append_context
 
-    def spy(feats, *args):
+    def spy(feats, *args, **kwargs):
         seen.append(feats.clone())
-        return append_context(feats, *args)
+        return append_context(feats, *args, **kwargs)
 
     draft.append_context = spy
     prompt = torch.randint(0, 97, (7,), generator=torch.Generator().manual_seed(5)).tolist()
