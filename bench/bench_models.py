@@ -81,7 +81,11 @@ def dominant_line_share(text: str) -> tuple[float, int]:
 
 
 def is_loop(text: str) -> bool:
-    share, count = dominant_line_share(text)
+    return _dominated(*dominant_line_share(text))
+
+
+def _dominated(share: float, count: int) -> bool:
+    """The loop rule of :func:`is_loop` on ``dominant_line_share``'s result."""
     return share >= 0.5 and count >= 3
 
 
@@ -91,7 +95,7 @@ def greedy_loops(tokenizer_path: str, outputs: list) -> dict:
 
     tok = load_tokenizer(tokenizer_path)
     shares = [dominant_line_share(tok.decode(ids)) for ids in outputs]
-    return {"loops": sum(s >= 0.5 and c >= 3 for s, c in shares), "prompts": len(outputs),
+    return {"loops": sum(_dominated(s, c) for s, c in shares), "prompts": len(outputs),
             "dominant_line_share": [round(s, 3) for s, _ in shares]}
 
 
@@ -102,7 +106,7 @@ def run_temperature(target, drafts, prompts, temp, args):
     # delay the wall clock, not this process's CPU time (wall time elsewhere)
     clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
-               "cmp_w": 0.0, "cmp_n": 0, "rule": "-"} for i in range(len(CONFIGS))}
+               "cmp_w": 0.0, "cmp_n": 0, "rule": "-", "runs": {}} for i in range(len(CONFIGS))}
     for rep, (j, p) in [(r, jp) for r in range(args.repeats) for jp in enumerate(prompts)]:
         # the configurations' order rotates from prompt to prompt (no configuration always runs
         # first or right after the allocation-heavy fixed-policy runs), and the garbage of one
@@ -117,7 +121,7 @@ def run_temperature(target, drafts, prompts, temp, args):
             a, st = acc[i], res.stats
             secs = clock() - t0
             a["secs"] += secs
-            a.setdefault("runs", {})[rep, j] = res.stats["new_tokens"] / secs
+            a["runs"][rep, j] = st["new_tokens"] / secs
             if rep == 0:
                 a["tokens"].append(res.tokens[0])
             elif temp == 0.0 and res.tokens[0] != a["tokens"][j]:

@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from .show import COLOR_CHOICES
+
 
 def _set_threads(args, hidden_size: int) -> None:
     """CPU intra-op threads. Default: 1 for small models (H <= 1024), whose matmuls are too small
@@ -155,8 +157,8 @@ def run_demo(args) -> int:
     spec = generate(target, [prompt], draft=draft, max_new_tokens=args.max_new_tokens, ignore_eos=True,
                     spec_policy=args.spec_policy)
     plain = generate(target, [prompt], max_new_tokens=args.max_new_tokens, ignore_eos=True)
-    same = spec.tokens == plain.tokens
     report = demo_report(spec, plain, prompt, tok, note)
+    same = report["equal_to_target_only"]
     if args.json:
         print(json.dumps(report))
         return 0 if same else 1
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     d.add_argument("--threads", type=int, default=0,
                    help="CPU threads (default: 1 for small models, else torch's default)")
-    d.add_argument("--color", default="auto", choices=["auto", "always", "never"],
+    d.add_argument("--color", default="auto", choices=COLOR_CHOICES,
                    help="mark accepted draft tokens green (auto: when stdout is a terminal and NO_COLOR "
                         "is unset); without colour they stand between \u27e6 and \u27e7")
     d.add_argument("--no-color", dest="color", action="store_const", const="never", help="same as --color never")

@@ -84,18 +84,20 @@ class StepCosts:
             self._add("plain", verify_s)
             return
         self._add("draft", draft_s)
-        xs = self.by_length.setdefault(n, [])
-        xs.append(draft_s + verify_s)
-        del xs[:-self.window]
+        self._keep_recent(self.by_length.setdefault(n, []), draft_s + verify_s)
         # until a plain step is measured, the n-token verify stands in for it (an upper bound)
         plain = self.plain if self.plain is not None else verify_s
         self._add("verify_per_token", max(verify_s - plain, 0.0) / n)
 
     def _add(self, name: str, value: float) -> None:
         xs = self.samples[name]
+        self._keep_recent(xs, value)
+        setattr(self, name, statistics.median(xs))
+
+    def _keep_recent(self, xs: list, value: float) -> None:
+        """Append ``value`` to ``xs``, keeping its last ``window`` entries."""
         xs.append(value)
         del xs[:-self.window]
-        setattr(self, name, statistics.median(xs))
 
 
 @dataclass
