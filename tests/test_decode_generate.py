@@ -112,6 +112,24 @@ def test_greedy_speculative_equals_target_only(pair, batch, n_prop):
         assert all(len(t) == 24 for t in out.tokens)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_proposal_logits_are_the_base_logits_of_each_proposal(pair, dtype):
+    """``proposal_logits`` (one 2-D GEMM) gives each proposal's hidden times the lm_head: slot
+    i-1 with shift_label (the Domino draft), slot i without (the DFlash one)."""
+    _, target, domino, dflash = pair
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 16, 32, generator=g).to(dtype)
+    lm_head = target.lm_head.to(dtype)
+    for draft, first in ((domino, 0), (dflash, 1)):
+        for n in (1, 4, 15):
+            got = draft.proposal_logits(z, n, lm_head)
+            assert got.dtype == torch.float32 and got.shape == (3, n, V)
+            for b in range(3):
+                want = (z[b, first:first + n] @ lm_head.t()).float()
+                tol = 1e-5 if dtype == torch.float32 else 2e-2   # GEMM shapes round differently
+                torch.testing.assert_close(got[b], want, rtol=tol, atol=tol)
+
+
 def test_gru_table_path_stays_lossless(tmp_path, pair):
     _, target, _, _ = pair
     draft = load_draft(str(make_draft(tmp_path, 32) and tmp_path), target)

@@ -104,12 +104,20 @@ class DraftModel:
         """The hidden that predicts proposal i = 1..n: slot i-1 with shift_label, else slot i (§3.2)."""
         return z[:, :n] if self.cfg.shift_label else z[:, 1:n + 1]
 
+    def proposal_logits(self, z: torch.Tensor, n: int, lm_head: torch.Tensor) -> torch.Tensor:
+        """The DFlash base logits ``[B, n, V]`` fp32 of proposals 1..n. One 2-D GEMM: a 3-D
+        ``F.linear`` on the sliced ``z`` runs as a batched matmul that copies the transposed
+        ``lm_head`` every call in bf16 (2 ms per step on the default pair's CPU run)."""
+        h = self.proposal_hidden(z, n)
+        b = h.shape[0]
+        return F.linear(h.reshape(b * n, -1), lm_head).float().view(b, n, -1)
+
     def max_proposals(self) -> int:
         return self.cfg.default_num_proposals
 
     def propose_chain(self, z, anchor, target: Qwen3, n: int) -> torch.Tensor:
         """``n`` greedy draft tokens per request: DFlash argmax, or the Domino rollout."""
-        base = F.linear(self.proposal_hidden(z, n), target.lm_head).float()
+        base = self.proposal_logits(z, n, target.lm_head)
         if self.head is None:
             return base.argmax(-1)
         tokens, _, _ = ops.domino_rollout(
@@ -124,7 +132,7 @@ class DraftModel:
         ``q = softmax(scores / temperature)`` (Gumbel-max, Philox stream of the chain rollout), and
         the rows they were drawn from: ``(tokens [B, n], q_rows [B, n, V] fp32)``. Without a
         Domino head the rollout runs with the rank-1 zero head, so q is the DFlash base softmax."""
-        base = F.linear(self.proposal_hidden(z, n), target.lm_head).float()
+        base = self.proposal_logits(z, n, target.lm_head)
         head = self.head if self.head is not None else self._zero_head(target)
         tokens, _, q_rows = ops.domino_rollout(
             z, base, anchor, head, target.embed, num_proposals=n,
@@ -155,7 +163,7 @@ class DraftModel:
         """``domino_tree_rollout`` over this draft's block (depth capped by the block), with the
         rank-1 zero head when the draft has no Domino head; ``sampling`` goes to the op as is."""
         depth = min(budget, self.max_proposals())
-        base = F.linear(self.proposal_hidden(z, depth), target.lm_head).float()
+        base = self.proposal_logits(z, depth, target.lm_head)
         head = self.head if self.head is not None else self._zero_head(target)
         return ops.domino_tree_rollout(
             z, base, anchor, head, target.embed, topk=topk, budget=budget, depth=depth,
