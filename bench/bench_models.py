@@ -13,6 +13,7 @@ the target-only output token for token (the script exits non-zero otherwise).
     python -m bench.bench_models [--root domino_kernels/assets/default] [--prompts 8]
                                  [--max-new-tokens 128] [--tree-topk 4 --tree-budget 32]
                                  [--temperatures 0,0.7,1] [--repeats 1] [--device cpu|cuda] [--threads 1]
+                                 [--dtype float32|bfloat16 (default: the checkpoint's)]
 """
 from __future__ import annotations
 
@@ -163,6 +164,32 @@ def run_temperature(target, drafts, prompts, temp, args):
     return rows, base["tokens"]
 
 
+def target_only_by_dtype(target, root, prompts, args) -> dict:
+    """Greedy target-only tokens/s in the run's dtype and in float32, interleaved prompt by prompt
+    (the same clock as the table): which dtype is the faster baseline on this machine."""
+    from domino_kernels.model.qwen3 import load_qwen3
+
+    models = {args.dtype: target}
+    if args.dtype != "float32":
+        models["float32"] = load_qwen3(os.path.join(root, "target"), dtype=torch.float32, device=args.device)
+    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    secs = {k: 0.0 for k in models}
+    new = dict.fromkeys(models, 0)
+    for rep in range(args.repeats):
+        for j, p in enumerate(prompts):
+            for name in (list(models) if (j + rep) % 2 == 0 else list(models)[::-1]):
+                gc.collect()
+                t0 = clock()
+                res = decode_one(models[name], p, draft=None, temperature=0.0, seed=0, max_new=args.max_new_tokens,
+                                 drafting="-", policy="-", use_head=True, args=args)
+                secs[name] += clock() - t0
+                new[name] += res.stats["new_tokens"]
+    out = {name: new[name] / secs[name] for name in models}
+    print("target-only greedy tokens/s by dtype: " + ", ".join(f"{k} {v:.0f}" for k, v in out.items()),
+          file=sys.stderr)
+    return out
+
+
 def step_costs(drafts) -> list:
     """The adaptive policies' measured step costs (batch 1) after the runs."""
     out = []
@@ -192,7 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="1 by default: on a shared 2-core machine a second OpenMP thread mostly spin-waits")
-    ap.add_argument("--dtype", default="float32", help="weights are shipped in bf16; compute dtype")
+    ap.add_argument("--dtype", default=None,
+                    help="compute dtype (default: the checkpoint's, bfloat16 for the default pair, as the CLI "
+                         "runs it; target-only decoding is also measured in float32 for reference)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -202,8 +231,10 @@ def main(argv=None) -> int:
     from domino_kernels.model.qwen3 import load_qwen3
 
     root = os.path.abspath(args.root)
-    dtype = parse_dtype(args.dtype)
-    target = load_qwen3(os.path.join(root, "target"), dtype=dtype, device=args.device)
+    target = load_qwen3(os.path.join(root, "target"), dtype=parse_dtype(args.dtype) if args.dtype else None,
+                        device=args.device)
+    dtype = target.dtype
+    args.dtype = str(dtype).replace("torch.", "")
     drafts = {k: load_draft(os.path.join(root, f"draft-{k}"), target, dtype=dtype) for k in ("domino", "dflash")}
     prompts = heldout_prompts(os.path.join(root, "target", "tokenizer.json"), args.prompts, args.prompt_len)
     temps = [float(t) for t in args.temperatures.split(",")]
@@ -215,6 +246,7 @@ def main(argv=None) -> int:
             decode_one(target, prompts[-1], draft=drafts[drafter] if drafter else None, temperature=temp, seed=99,
                        max_new=32, drafting=drafting, policy=policy, use_head=use_head, args=args)
 
+    baselines = target_only_by_dtype(target, root, prompts, args)
     rows, loops = [], None
     for temp in temps:
         got, outputs = run_temperature(target, drafts, prompts, temp, args)
@@ -237,7 +269,8 @@ def main(argv=None) -> int:
     return finish("models", rows, {"root": os.path.relpath(root), "prompts": len(prompts),
                                    "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
                                    "tree_topk": args.tree_topk, "tree_budget": args.tree_budget,
-                                   "dtype": args.dtype, "step_costs": costs, "greedy_loops": loops}, ok,
+                                   "dtype": args.dtype, "target_only_by_dtype": baselines, "step_costs": costs,
+                                   "greedy_loops": loops}, ok,
                   "a greedy speculative output differs from target-only decoding", device=args.device)
 
 

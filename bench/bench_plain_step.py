@@ -10,6 +10,7 @@ on a shared machine inflate less than the wall clock.
 
     python -m bench.bench_plain_step [--root domino_kernels/assets/default] [--prompts 4]
                                      [--reps 8] [--temperature 1] [--max-new-tokens 128]
+                                     [--dtype float32|bfloat16 (default: the checkpoint's)]
 """
 from __future__ import annotations
 
@@ -31,17 +32,19 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--dtype", default=None, help="compute dtype (default: the checkpoint's, as bench_models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     from domino_kernels.generate import generate
     from domino_kernels.model.dflash import load_draft
     from domino_kernels.model.qwen3 import load_qwen3
+    from domino_kernels.model.config import parse_dtype
     from domino_kernels.spec_policy import AdaptivePolicy, StepCosts
 
     root = os.path.abspath(args.root)
-    target = load_qwen3(os.path.join(root, "target"), dtype=torch.float32)
-    draft = load_draft(os.path.join(root, "draft-domino"), target, dtype=torch.float32)
+    target = load_qwen3(os.path.join(root, "target"), dtype=parse_dtype(args.dtype) if args.dtype else None)
+    draft = load_draft(os.path.join(root, "draft-domino"), target, dtype=target.dtype)
     prompts = heldout_prompts(os.path.join(root, "target", "tokenizer.json"), args.prompts, 48)
 
     def per_step(j: int, spec: bool) -> float:
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
               f"(n={len(ratios)})", file=sys.stderr, flush=True)
     print(f"target-only {1e3 * statistics.median(base):.3f} ms/step; spec loop forced plain: "
           f"{statistics.median(ratios):.4f}x per step (median of {len(ratios)} interleaved pairs, "
-          f"T={args.temperature}, {args.max_new_tokens} tokens, CPU seconds, 1 thread)")
+          f"T={args.temperature}, {args.max_new_tokens} tokens, {target.dtype}, CPU seconds, 1 thread)")
     return 0
 
 
