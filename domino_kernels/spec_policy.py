@@ -15,6 +15,7 @@ Probing (when plain steps are preferred, acceptance is only re-measured by draft
 the SHORTEST draft that could beat a plain step if every token were accepted (depths 1..n are
 measured by it, deeper ones borrow from the shallower estimates), never a draft when none could;
 it is taken after ``K = max(probe_after, ceil(excess / probe_budget))`` plain steps in a row
+(re-priced every ``PROBE_RECHECK`` = 8 plain steps, so a plain step never prices every option)
 (``excess = cost(probe) / cost(0) - 1``; ``probe_after`` starts at 16 and doubles after every
 probe that does not restart drafting, up to 1024). Worst case, when drafting never pays: the probes
 add at most ``min(probe_budget, excess / probe_after)`` (0.5 % by default, falling toward
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 POLICIES = ("adaptive", "fixed")
+PROBE_RECHECK = 8   # plain steps between re-evaluations of the next probe (AdaptivePolicy._next_probe)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class StepCosts:
     min_samples: int = 3
     samples: dict = field(default_factory=lambda: {"plain": [], "draft": [], "verify_per_token": []})
     by_length: dict = field(default_factory=dict)   # n -> recent measured step seconds (n >= 1)
+    length_median: dict = field(default_factory=dict)  # n -> median of by_length[n] (kept current)
 
     def known(self) -> bool:
         return None not in (self.plain, self.draft, self.verify_per_token)
@@ -72,7 +75,7 @@ class StepCosts:
         been measured ``min_samples`` times, else the linear model's ``(draft + n * verify, 1)``."""
         xs = self.by_length.get(n)
         if xs is not None and len(xs) >= self.min_samples:
-            return statistics.median(xs), 0.0
+            return self.length_median[n], 0.0
         return self.draft + n * self.verify_per_token, 1.0
 
     def observe(self, n: int, draft_s: float, verify_s: float) -> None:
@@ -84,7 +87,9 @@ class StepCosts:
             self._add("plain", verify_s)
             return
         self._add("draft", draft_s)
-        self._keep_recent(self.by_length.setdefault(n, []), draft_s + verify_s)
+        xs = self.by_length.setdefault(n, [])
+        self._keep_recent(xs, draft_s + verify_s)
+        self.length_median[n] = statistics.median(xs)
         # until a plain step is measured, the n-token verify stands in for it (an upper bound)
         plain = self.plain if self.plain is not None else verify_s
         self._add("verify_per_token", max(verify_s - plain, 0.0) / n)
@@ -233,12 +238,13 @@ class AdaptivePolicy:
         self.since_draft = 0       # plain steps since the last drafted step (kept across calls)
         self.probing = False
         self._plain_run = None     # (requests, draft, verify_per_token, max plain cost): see _stays_plain
+        self._probe = None         # (probe option, its interval, recheck at since_draft): see _next_probe
 
     def start(self, batch: int, depth: int) -> None:
         if self.history is None or self.history.depth != depth:
             self.history = AcceptanceHistory(depth, prior=self.prior)
         self.history.start(batch)
-        self._plain_run = None
+        self._plain_run = self._probe = None
 
     def choose(self, requests: Sequence[int], options: Sequence[tuple],
                remaining: Optional[Sequence[int]] = None) -> tuple:
@@ -263,11 +269,22 @@ class AdaptivePolicy:
             return best
         if remaining is not None and max(remaining) <= 1:
             return best                           # nothing left a draft could add
-        probe = self.probe_option(options)
-        if probe is not None and self.since_draft >= self.probe_interval(probe):
-            self.probing = True
+        probe, interval = self._next_probe(options)
+        if probe is not None and self.since_draft >= interval:
+            self.probing, self._probe = True, None
             return probe
         return best
+
+    def _next_probe(self, options: Sequence[tuple]) -> tuple:
+        """``(probe_option, probe_interval)``, re-evaluated every ``PROBE_RECHECK`` plain steps
+        (and after every drafted step): each evaluation prices every option, tens of microseconds
+        that a plain step of a small model would otherwise pay every time (the costs it reads move
+        slowly; the interval is at least ``probe_after`` >= 16 steps anyway)."""
+        if self._probe is None or self.since_draft >= self._probe[2]:
+            probe = self.probe_option(options)
+            interval = self.probe_interval(probe) if probe is not None else math.inf
+            self._probe = (probe, interval, self.since_draft + PROBE_RECHECK)
+        return self._probe[0], self._probe[1]
 
     def probe_option(self, options: Sequence[tuple]) -> Optional[tuple]:
         """The shortest draft whose perfect outcome (every drafted token accepted: depth + 1
@@ -323,7 +340,7 @@ class AdaptivePolicy:
         for b, a in zip(requests, accepted):
             self.history.observe(b, option[0], a)
         if option[0]:
-            self.since_draft, self._plain_run = 0, None
+            self.since_draft, self._plain_run, self._probe = 0, None, None
         else:
             self.since_draft += 1
         self.costs.observe(option[1], draft_s, verify_s)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from domino_kernels.spec_policy import AdaptivePolicy, StepCosts
+from domino_kernels.spec_policy import PROBE_RECHECK, AdaptivePolicy, StepCosts
 
 CHAIN = [(n, n) for n in range(9)]
 
@@ -151,3 +151,30 @@ def test_bad_probe_arguments_name_the_argument():
         AdaptivePolicy(probe_after=0)
     with pytest.raises(ValueError, match="probe_budget"):
         AdaptivePolicy(probe_budget=float("nan"))
+
+
+def test_a_plain_run_prices_the_probe_once_per_recheck_interval():
+    """During a long plain run the next probe (which prices every option: tens of microseconds with
+    measured costs) is re-evaluated once per ``PROBE_RECHECK`` plain steps, not every step, and the
+    probe is still taken once its interval has passed."""
+    costs = StepCosts()
+    costs.observe(0, 0.0, 1.0)
+    for n in range(1, 9):
+        for _ in range(3):
+            costs.observe(n, 3.0 + 0.1 * n, 1.2)          # every length measured: cost(n) ~ 4.2 + 0.1 n
+    p = AdaptivePolicy(costs, probe_budget=0.05)
+    p.start(1, 8)
+    p.history.observe(0, 8, 0)                            # nothing accepted: plain steps are best
+    calls = []
+    probe_option = p.probe_option
+    p.probe_option = lambda options: calls.append(1) or probe_option(options)
+    picks = []
+    for _ in range(400):
+        option = p.choose([0], CHAIN, [1000])
+        picks.append(option[0])
+        p.observe([0], option, [0], 3.0 if option[0] else 0.0, 1.2 if option[0] else 1.0)
+    first = next(i for i, n in enumerate(picks) if n)
+    probe = picks[first]
+    interval = math.ceil((costs.cost(probe) - 1.0) / 0.05)
+    assert interval <= first <= interval + PROBE_RECHECK
+    assert len(calls) <= 400 // PROBE_RECHECK + 2 * picks.count(probe) + 2
