@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import statistics
 import sys
 import time
@@ -102,17 +103,18 @@ def greedy_loops(tokenizer_path: str, outputs: list) -> dict:
 
 def run_temperature(target, drafts, prompts, temp, args):
     """Every configuration on every prompt, prompt-major (the configurations of one prompt run
-    back to back, so machine load drifts hit them alike; their order rotates from prompt to prompt). Returns one row per configuration."""
+    back to back, so machine load drifts hit them alike, in a random order). Returns one row per
+    configuration."""
     # CPU seconds of this process on a single-threaded CPU run: other jobs on a shared machine
     # delay the wall clock, not this process's CPU time (wall time elsewhere)
     clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
                "cmp_w": 0.0, "cmp_n": 0, "rule": "-", "runs": {}} for i in range(len(CONFIGS))}
     for rep, (j, p) in [(r, jp) for r in range(args.repeats) for jp in enumerate(prompts)]:
-        # the configurations' order rotates from prompt to prompt (no configuration always runs
-        # first or right after the allocation-heavy fixed-policy runs), and the garbage of one
-        # run is collected before the next is timed
-        for i in [(j + rep + k) % len(CONFIGS) for k in range(len(CONFIGS))]:
+        # the configurations run in a seeded random order per prompt and repeat (a rotation
+        # would keep every configuration's predecessor fixed: each adaptive row always right
+        # after its fixed twin), and the garbage of one run is collected before the next is timed
+        for i in random.Random(f"{args.seed}/{rep}/{j}").sample(range(len(CONFIGS)), len(CONFIGS)):
             _, drafter, drafting, policy, use_head = CONFIGS[i]
             draft = drafts[drafter] if drafter else None
             gc.collect()
