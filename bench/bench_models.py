@@ -101,13 +101,17 @@ def greedy_loops(tokenizer_path: str, outputs: list) -> dict:
             "dominant_line_share": [round(s, 3) for s, _ in shares]}
 
 
+def run_clock(args):
+    """CPU seconds of this process on a single-threaded CPU run: other jobs on a shared machine
+    delay the wall clock, not this process's CPU time (wall time elsewhere)."""
+    return time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+
+
 def run_temperature(target, drafts, prompts, temp, args):
     """Every configuration on every prompt, prompt-major (the configurations of one prompt run
     back to back, so machine load drifts hit them alike, in a random order). Returns one row per
     configuration."""
-    # CPU seconds of this process on a single-threaded CPU run: other jobs on a shared machine
-    # delay the wall clock, not this process's CPU time (wall time elsewhere)
-    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    clock = run_clock(args)
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
                "cmp_w": 0.0, "cmp_n": 0, "rule": "-", "runs": {}} for i in range(len(CONFIGS))}
     for rep, (j, p) in [(r, jp) for r in range(args.repeats) for jp in enumerate(prompts)]:
@@ -174,7 +178,7 @@ def target_only_by_dtype(target, root, prompts, args) -> dict:
     models = {args.dtype: target}
     if args.dtype != "float32":
         models["float32"] = load_qwen3(os.path.join(root, "target"), dtype=torch.float32, device=args.device)
-    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    clock = run_clock(args)
     secs = {k: 0.0 for k in models}
     new = dict.fromkeys(models, 0)
     for rep in range(args.repeats):
