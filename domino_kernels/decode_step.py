@@ -287,19 +287,26 @@ def accept(state: DecodeState, d: Draft, v: Verified) -> None:
     state.anchor[rows] = v.emitted.gather(1, v.accept_len[:, None])[:, 0]
 
 
-def plain_step(state: DecodeState) -> torch.Tensor:
+def plain_step(state: DecodeState, queue_context: bool = True) -> torch.Tensor:
     """One target token per active request (a draft length of 0): the target-only decode step,
     with the same sampling call and offsets, so it emits exactly what target-only decoding would.
-    Returns the tokens ``[b]``; with a draft their features are queued for it."""
+    Returns the tokens ``[b]``. With a draft, the step's target features are queued for it, unless
+    ``queue_context=False`` (the policy will not draft soon): then the step is exactly a target-only
+    step (no feature capture) and its position never reaches the draft cache (a context gap, which
+    approximates later drafts only; verification stays exact)."""
     rows, s, target = state.rows, state.sampling, state.target
     b, dev = rows.numel(), rows.device
+    queue = state.draft is not None and queue_context
     start = state.cache.lens[rows].long()
-    logits, feats = target.forward(state.anchor[rows], start, state.cache, rows, _width_cu(b, 1, dev))
+    logits, feats = target.forward(state.anchor[rows], start, state.cache, rows, _width_cu(b, 1, dev),
+                                   capture=queue)
     ones = torch.ones(b, dtype=torch.int64, device=dev)
     state.cache.commit(rows, ones)
     nxt = kernels.sample(logits, s.temperature[rows], s.top_k[rows], s.top_p[rows], None, s.seed[rows],
                          s.offset[rows])
-    if state.draft is not None:
+    if queue:
         push_pending(state, PendingContext(rows, feats.view(b, 1, -1), start[:, None], ones, full=True))
+    elif state.draft is not None:
+        state.context_gaps = True
     state.anchor[rows] = nxt
     return nxt

@@ -232,7 +232,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
         lengths[option[1]] = lengths.get(option[1], 0) + 1
         ta = time.perf_counter()
         if option == (0, 0):
-            nxt = plain_step(state).tolist()                        # the step's one read
+            queue = policy.queue_context(options) if spec else False
+            nxt = plain_step(state, queue).tolist()                 # the step's one read
             tb = ta
             tc = time.perf_counter()
             acc = [0] * len(nxt)

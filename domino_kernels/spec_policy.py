@@ -22,6 +22,11 @@ add at most ``min(probe_budget, excess / probe_after)`` (0.5 % by default, falli
 ``excess / 1024``) to the time of the plain steps, at the measured costs. The schedule and the
 population's acceptance are kept across calls, so short requests do not restart it.
 
+Context: a plain step queues its target features for the draft's context only when a draft may
+follow soon (:meth:`AdaptivePolicy.queue_context`: within ``CONTEXT_LEAD`` plain steps of the next
+probe, or whenever the policy has not proved that it stays plain); the other plain steps of a long
+run are exactly target-only steps, and the probe drafts from the prompt and its recent context.
+
 Greedy output never depends on the policy (every length is lossless); sampled output has the
 target's law under every policy, but the adaptive policy's choices (hence the random draws) depend
 on measured timings unless its costs are given and frozen.
@@ -35,6 +40,7 @@ from typing import Optional, Sequence
 
 POLICIES = ("adaptive", "fixed")
 PROBE_RECHECK = 8   # plain steps between re-evaluations of the next probe (AdaptivePolicy._next_probe)
+CONTEXT_LEAD = 32   # plain steps before a planned probe whose features are queued for its draft
 
 
 @dataclass
@@ -200,6 +206,9 @@ class FixedPolicy:
     def choose(self, requests: Sequence[int], options: Sequence[tuple], remaining=None) -> tuple:
         return max(options)
 
+    def queue_context(self, options: Sequence[tuple]) -> bool:
+        return True
+
     def observe(self, requests, option, accepted, draft_s, verify_s) -> None:
         pass
 
@@ -274,6 +283,19 @@ class AdaptivePolicy:
             self.probing, self._probe = True, None
             return probe
         return best
+
+    def queue_context(self, options: Sequence[tuple]) -> bool:
+        """Whether the plain step just chosen should queue its target features for the draft.
+        False only inside a plain run that :meth:`choose` proved stays plain until the next probe
+        when that probe is more than ``CONTEXT_LEAD`` plain steps away (or no draft could pay at
+        all): such a step then costs exactly a target-only step (no feature capture, nothing
+        queued), and the probe drafts from the prompt and the last ``CONTEXT_LEAD`` positions.
+        The gap only approximates the draft (verification stays exact); a draft that comes
+        earlier than planned, because the measured costs moved, drafts with the gap too."""
+        if self._plain_run is None:
+            return True
+        probe, interval = self._next_probe(options)
+        return probe is not None and interval - self.since_draft <= CONTEXT_LEAD
 
     def _next_probe(self, options: Sequence[tuple]) -> tuple:
         """``(probe_option, probe_interval)``, re-evaluated every ``PROBE_RECHECK`` plain steps

@@ -173,6 +173,41 @@ def test_drafting_after_a_plain_run_longer_than_the_feature_queue_is_lossless(pa
     assert out.tokens == ref and out.stats["draft_lengths"]["5"] >= 2
 
 
+class GappyCycle(Cycle):
+    """A cycle whose plain steps queue no features for the draft (as the adaptive policy's plain
+    steps far from the next probe): drafts then see the prompt and the drafted steps only."""
+
+    name = "gappy-cycle"
+
+    def queue_context(self, options):
+        return False
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_drafting_after_plain_steps_that_queued_no_context_is_lossless(pair, tree, monkeypatch):
+    """Plain steps that skip the feature capture leave gaps in the draft's context: the draft
+    receives exactly the prompt's and the drafted steps' positions, and greedy output stays
+    target-only greedy."""
+    target, draft = pair
+    prompts = _prompts(14, [4, 9])
+    ref = generate(target, prompts, max_new_tokens=40).tokens
+    appended = []
+    append_context = draft.append_context
+
+    def counting(feats, positions, *args, **kwargs):
+        appended.append(int(kwargs["commit_lens"].sum()))
+        return append_context(feats, positions, *args, **kwargs)
+
+    monkeypatch.setattr(draft, "append_context", counting)
+    kw = dict(tree_topk=2, tree_budget=6, tree_as_chain=False) if tree else dict(num_proposals=5)
+    out = generate(target, prompts, draft=draft, max_new_tokens=40, spec_policy=GappyCycle([0, 0, 0, 5]),
+                   trace=True, **kw)
+    assert out.tokens == ref and out.stats["draft_lengths"]["0"] >= 6
+    committed = sum(sum(a + 1 for a in r["accepted"]) for r in out.trace if any(r["draft"]))
+    assert sum(appended) <= sum(map(len, prompts)) + committed      # no plain step's position
+    assert sum(appended) >= sum(map(len, prompts))
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_adaptive_with_expensive_drafts_takes_plain_steps_and_equals_target_only(pair, temperature):
     target, draft = pair

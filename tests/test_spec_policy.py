@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from domino_kernels.spec_policy import PROBE_RECHECK, AdaptivePolicy, StepCosts
+from domino_kernels.spec_policy import CONTEXT_LEAD, PROBE_RECHECK, AdaptivePolicy, FixedPolicy, StepCosts
 
 CHAIN = [(n, n) for n in range(9)]
 
@@ -178,3 +178,33 @@ def test_a_plain_run_prices_the_probe_once_per_recheck_interval():
     interval = math.ceil((costs.cost(probe) - 1.0) / 0.05)
     assert interval <= first <= interval + PROBE_RECHECK
     assert len(calls) <= 400 // PROBE_RECHECK + 2 * picks.count(probe) + 2
+
+
+def test_plain_steps_queue_context_only_within_the_lead_of_the_next_probe():
+    """In a plain run the policy proved stays plain, a plain step's features are queued for the
+    draft only when it is one of the last ``CONTEXT_LEAD`` plain steps before the next probe;
+    with no probe planned (no draft could pay) never; outside a proven plain run always."""
+    p = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.25, frozen=True), probe_budget=0.05)
+    p.start(1, 8)
+    queued, picks = [], []
+    for _ in range(1000):
+        option = p.choose([0], CHAIN)
+        picks.append(option[0])
+        queued.append(p.queue_context(CHAIN) if option[0] == 0 else None)
+        p.observe([0], option, [0], 0.0, 0.0)
+    drafted = [i for i, n in enumerate(picks) if n]
+    assert len(drafted) >= 3 and drafted[0] == 0
+    for a, b in zip(drafted, drafted[1:]):
+        assert b - a - 1 > CONTEXT_LEAD                        # 85+ plain steps between probes
+        assert queued[a + 1:b] == [False] * (b - a - 1 - CONTEXT_LEAD) + [True] * CONTEXT_LEAD
+    assert sum(q is False for q in queued) > 0.5 * len(queued)
+    never = AdaptivePolicy(StepCosts(plain=1.0, draft=8.0, verify_per_token=0.25, frozen=True))
+    never.start(1, 8)
+    flags = []
+    for _ in range(200):
+        option = never.choose([0], CHAIN)
+        if option[0] == 0:
+            flags.append(never.queue_context(CHAIN))
+        never.observe([0], option, [0], 0.0, 0.0)
+    assert len(flags) == 200 and not any(flags)
+    assert AdaptivePolicy().queue_context(CHAIN) and FixedPolicy().queue_context(CHAIN)   # nothing proven

@@ -204,12 +204,15 @@ class Qwen3:
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache,
                 rows: torch.Tensor, q_cu_lens: torch.Tensor, *, mode: str = "causal",
-                tree_mask: Optional[torch.Tensor] = None, logits_rows: Optional[torch.Tensor] = None):
+                tree_mask: Optional[torch.Tensor] = None, logits_rows: Optional[torch.Tensor] = None,
+                capture: bool = True):
         """Run packed new tokens of requests ``rows`` (cache row indices) on top of their committed
         KV. Returns ``(logits [n, V] fp32 for logits_rows (all tokens when None), features
         [total, len(capture_layers) * H] or None)``; the feature of layer ``L-1`` follows
-        ``last_layer_feature`` (module docstring). The cache's ``lens`` is not advanced."""
+        ``last_layer_feature`` (module docstring). ``capture=False`` skips the features (None) for
+        a step whose features nobody will read. The cache's ``lens`` is not advanced."""
         cfg = self.cfg
+        capture_layers = self.capture_layers if capture else ()
         views = cache.layer_views(rows, q_cu_lens, mode, tree_mask)
         cos, sin = self.rope.cos_sin(positions, self.dtype)
         x = self.embed[tokens]
@@ -217,7 +220,7 @@ class Qwen3:
         for i, layer in enumerate(self.layers):
             x = layer_attention(layer, cfg, x, cos, sin, views[i])
             x = x + layer_mlp(layer, rms_norm(x, layer.post_norm, cfg.rms_norm_eps))
-            if i in self.capture_layers:
+            if i in capture_layers:
                 captured[i] = x
         last = len(self.layers) - 1
         if last in captured and self.last_layer_feature == FINAL_NORM:
@@ -226,7 +229,7 @@ class Qwen3:
             h = normed if logits_rows is None else normed[logits_rows]
         else:
             h = rms_norm(x if logits_rows is None else x[logits_rows], self.norm, cfg.rms_norm_eps)
-        feats = torch.cat([captured[i] for i in self.capture_layers], dim=-1) if captured else None
+        feats = torch.cat([captured[i] for i in capture_layers], dim=-1) if captured else None
         logits = F.linear(h, self.lm_head).float()
         return logits, feats
 
