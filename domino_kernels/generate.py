@@ -28,7 +28,7 @@ from .decode_step import (DecodeState, Sampling, accept, draft_chain, draft_tree
                           push_prompt_context, verify, verify_logits, verify_rule)
 from .model.dflash import DraftModel
 from .model.qwen3 import Qwen3
-from .spec_policy import make_policy
+from .spec_policy import AdaptivePolicy, RepeatWatch, make_policy
 from .ops.verify import RULES
 
 
@@ -221,6 +221,11 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     _sync(dev)
     stats["prefill_s"] = time.perf_counter() - t0
 
+    # the adaptive policy probes a request whose text starts repeating itself (RepeatWatch)
+    watch = RepeatWatch(prompts) if spec and isinstance(policy, AdaptivePolicy) else None
+    if watch is not None:
+        for b in range(bsz):
+            policy.note_repeat(b, watch.inside[b], watch.inside[b])   # a prompt that ends repeating
     hist = [0] * (width if spec else 1)
     depth_hits, depth_trials, lengths, compare = [0] * (width - 1), [0] * (width - 1), {}, [0, 0]
     records = [] if trace else None
@@ -239,6 +244,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
             acc = [0] * len(nxt)
             for b, t in zip(state.active, nxt):
                 spans[b].append(StepSpan(0, 0, outs.emit(b, [t])))
+                if watch is not None:
+                    _watch_text(watch, policy, b, [t])
             if records is not None:
                 records.append({"requests": list(state.active), "draft": [[] for _ in nxt], "accepted": acc})
         else:
@@ -261,6 +268,8 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
                     depth_trials[k] += 1
                     depth_hits[k] += k < a
                 spans[b].append(StepSpan(option[0], a, outs.emit(b, host[i][1:a + 2])))
+                if watch is not None:
+                    _watch_text(watch, policy, b, host[i][1:a + 2])
             if records is not None:
                 records.append(_record(state, d, acc))
         td = time.perf_counter()
@@ -286,6 +295,14 @@ def generate(target: Qwen3, prompts, *, draft: Optional[DraftModel] = None, max_
     else:
         stats["tau"] = 1.0
     return _finish(outs, stats, records, spans, total)
+
+
+def _watch_text(watch: RepeatWatch, policy: AdaptivePolicy, b: int, tokens) -> None:
+    """Tell the policy when request b's text starts or stops repeating itself."""
+    was = watch.inside[b]
+    started = watch.extend(b, tokens)
+    if started or watch.inside[b] != was:
+        policy.note_repeat(b, started, watch.inside[b])
 
 
 def _prefill(state: DecodeState, prompts: list, outs: _Outputs, spans: list) -> None:

@@ -27,6 +27,15 @@ follow soon (:meth:`AdaptivePolicy.queue_context`: within ``CONTEXT_LEAD`` plain
 probe, or whenever the policy has not proved that it stays plain); the other plain steps of a long
 run are exactly target-only steps, and the probe drafts from the prompt and its recent context.
 
+Repeats: ``generate`` watches each request's text (:class:`RepeatWatch`). When the last
+``REPEAT_NGRAM`` = 16 tokens already occurred in it (a greedy decode that loops, a repeated line),
+the policy probes after ``REPEAT_WARMUP`` = 8 plain steps that queue their features, instead of
+waiting for the schedule, which is spaced for the whole population and can be 1024 steps long:
+repeating text is where drafts are accepted. The start of a repeat is reported once, so a loop
+costs at most one such probe. Acceptance is estimated per stratum (repeating or not): a loop
+accepts at every depth, and pooled with ordinary text it would price every later request's deep
+depths from the loop.
+
 Greedy output never depends on the policy (every length is lossless); sampled output has the
 target's law under every policy, but the adaptive policy's choices (hence the random draws) depend
 on measured timings unless its costs are given and frozen.
@@ -41,6 +50,8 @@ from typing import Optional, Sequence
 POLICIES = ("adaptive", "fixed")
 PROBE_RECHECK = 8   # plain steps between re-evaluations of the next probe (AdaptivePolicy._next_probe)
 CONTEXT_LEAD = 32   # plain steps before a planned probe whose features are queued for its draft
+REPEAT_NGRAM = 16   # a request whose last 16 tokens already occurred in its text is probed (RepeatWatch)
+REPEAT_WARMUP = 8   # plain steps queueing context between a repeat and its probe
 
 
 @dataclass
@@ -111,6 +122,39 @@ class StepCosts:
         del xs[:-self.window]
 
 
+class RepeatWatch:
+    """Per request, whether its text (prompt + output) has just started repeating itself: the last
+    ``n`` tokens occurred before in it (the longest repeated suffix reached ``n``). That is where a
+    draft is most likely to be accepted (a greedy decode that loops accepts nearly every
+    proposal), and where the probe schedule, spaced for the population, would come too late for a
+    128-token request. :meth:`extend` reports the start of a repeat once: while the text keeps
+    repeating (a loop) it stays quiet, a new repeat after a break reports again. One set of
+    ``n``-grams per request: O(1) per token."""
+
+    def __init__(self, texts: Sequence[Sequence[int]], n: int = REPEAT_NGRAM):
+        self.n = n
+        self.seen = [set() for _ in texts]
+        self.tail = [[] for _ in texts]
+        self.inside = [False] * len(texts)
+        for b, text in enumerate(texts):
+            self.extend(b, text)
+
+    def extend(self, b: int, tokens: Sequence[int]) -> bool:
+        """Append ``tokens`` to request b's text; True if a repeat started within them."""
+        seen, tail, started = self.seen[b], self.tail[b], False
+        for t in tokens:
+            tail.append(t)
+            if len(tail) > self.n:
+                del tail[0]
+            if len(tail) == self.n:
+                key = tuple(tail)
+                hit = key in seen
+                started |= hit and not self.inside[b]
+                self.inside[b] = hit
+                seen.add(key)
+        return started
+
+
 @dataclass
 class AcceptanceHistory:
     """Per-depth acceptance estimates: for each request and depth d, exponentially weighted counts
@@ -119,28 +163,35 @@ class AcceptanceHistory:
     ``request_weight`` pseudo-trials. The population's estimate at depth d shrinks toward its
     estimate at depth d-1 (depth 1 toward ``prior``) with one pseudo-trial, so unobserved depths
     borrow from shallower ones. A request's counts fade by ``request_decay`` per step (its recent
-    history), the population's by ``population_decay`` per observed request-step."""
+    history), the population's by ``population_decay`` per observed request-step.
+
+    Two populations (strata): requests whose text is repeating itself (``repeating[b]``, set from
+    :class:`RepeatWatch`) and the others. A loop accepts nearly every proposal at every depth, and
+    pooled with ordinary text it would make every later request look worth a full draft (its deep
+    depths, which ordinary requests rarely reach, would be estimated from the loop)."""
 
     depth: int
     prior: float = 0.9
     request_weight: float = 2.0
     request_decay: float = 0.95
     population_decay: float = 0.98
-    pop_hits: list = field(default_factory=list)
+    pop_hits: list = field(default_factory=list)     # [stratum][depth]
     pop_trials: list = field(default_factory=list)
     hits: dict = field(default_factory=dict)
     trials: dict = field(default_factory=dict)
     fade: dict = field(default_factory=dict)
+    repeating: dict = field(default_factory=dict)    # request -> its stratum (0 or 1)
 
     def __post_init__(self):
-        self.pop_hits = [0.0] * self.depth
-        self.pop_trials = [0.0] * self.depth
+        self.pop_hits = [[0.0] * self.depth for _ in range(2)]
+        self.pop_trials = [[0.0] * self.depth for _ in range(2)]
 
     def start(self, batch: int) -> None:
-        """A new set of requests: forget per-request history, keep the population's."""
+        """A new set of requests: forget per-request history, keep the populations'."""
         self.hits = {b: [0.0] * self.depth for b in range(batch)}
         self.trials = {b: [0.0] * self.depth for b in range(batch)}
         self.fade = {b: 1.0 for b in range(batch)}   # decay not yet applied to hits/trials[b]
+        self.repeating = {b: 0 for b in range(batch)}
 
     def observe(self, b: int, drafted: int, accepted: int) -> None:
         if drafted == 0:                # a plain step only fades the request's counts: O(1), lazily
@@ -149,28 +200,30 @@ class AcceptanceHistory:
         f = self.fade[b] * self.request_decay
         self.fade[b] = 1.0
         h, t = self.hits[b], self.trials[b]
+        ph, pt = self.pop_hits[self.repeating[b]], self.pop_trials[self.repeating[b]]
         for d in range(self.depth):
             h[d] *= f
             t[d] *= f
-            self.pop_hits[d] *= self.population_decay
-            self.pop_trials[d] *= self.population_decay
+            ph[d] *= self.population_decay
+            pt[d] *= self.population_decay
         for d in range(min(accepted + 1, drafted)):   # depths 1..accepted hit, accepted+1 missed
             hit = 1.0 if d < accepted else 0.0
             t[d] += 1.0
             h[d] += hit
-            self.pop_trials[d] += 1.0
-            self.pop_hits[d] += hit
+            pt[d] += 1.0
+            ph[d] += hit
 
-    def population_rates(self) -> list:
+    def population_rates(self, stratum: int = 0) -> list:
         out, prev = [], self.prior
-        for h, t in zip(self.pop_hits, self.pop_trials):
+        for h, t in zip(self.pop_hits[stratum], self.pop_trials[stratum]):
             prev = (h + prev) / (t + 1.0)
             out.append(prev)
         return out
 
     def rates(self, b: int, pop: Optional[list] = None) -> list:
-        """Request b's per-depth acceptance estimates (its faded counts shrunk toward ``pop``)."""
-        pop = self.population_rates() if pop is None else pop
+        """Request b's per-depth acceptance estimates (its faded counts shrunk toward ``pop``,
+        default its stratum's population)."""
+        pop = self.population_rates(self.repeating[b]) if pop is None else pop
         w, f = self.request_weight, self.fade[b]
         return [(f * h + w * p) / (f * t + w) for h, t, p in zip(self.hits[b], self.trials[b], pop)]
 
@@ -181,12 +234,13 @@ class AcceptanceHistory:
         tokens request i may still emit (tokens past its limit are wasted). ``upper``: a bound on
         ``E[n]`` for as long as no drafted step is observed (plain steps only fade a request's
         estimate toward the population's, so each depth's rate stays below the larger of the two)."""
-        pop = self.population_rates()
+        pops = [self.population_rates(k) for k in range(2)]
         total = [0.0] * (self.depth + 1)
         for i, b in enumerate(requests):
             e, run = 1.0, 1.0
             useful = self.depth if remaining is None else remaining[i] - 1
             total[0] += 1.0
+            pop = pops[self.repeating[b]]
             for d, a in enumerate(self.rates(b, pop)):
                 if d < useful:
                     run *= max(a, pop[d]) if upper else a
@@ -208,6 +262,9 @@ class FixedPolicy:
 
     def queue_context(self, options: Sequence[tuple]) -> bool:
         return True
+
+    def note_repeat(self, b: int, started: bool, repeating: bool) -> None:
+        pass
 
     def observe(self, requests, option, accepted, draft_s, verify_s) -> None:
         pass
@@ -248,12 +305,24 @@ class AdaptivePolicy:
         self.probing = False
         self._plain_run = None     # (requests, draft, verify_per_token, max plain cost): see _stays_plain
         self._probe = None         # (probe option, its interval, recheck at since_draft): see _next_probe
+        self._repeat_at = None     # since_draft at which a repeat's probe is due (note_repeat)
 
     def start(self, batch: int, depth: int) -> None:
         if self.history is None or self.history.depth != depth:
             self.history = AcceptanceHistory(depth, prior=self.prior)
         self.history.start(batch)
-        self._plain_run = self._probe = None
+        self._plain_run = self._probe = self._repeat_at = None
+
+    def note_repeat(self, b: int, started: bool, repeating: bool) -> None:
+        """Request b's text started repeating itself or stopped (:class:`RepeatWatch`): its
+        acceptance is estimated within that stratum (:class:`AcceptanceHistory`), and a repeat
+        that starts during plain steps is probed after ``REPEAT_WARMUP`` more plain steps, which
+        queue their features for the probe's draft."""
+        if self.history.repeating.get(b, 0) != int(repeating):
+            self.history.repeating[b] = int(repeating)
+            self._plain_run = None                # the estimates moved: re-evaluate
+        if started and self._repeat_at is None:
+            self._repeat_at = self.since_draft + REPEAT_WARMUP
 
     def choose(self, requests: Sequence[int], options: Sequence[tuple],
                remaining: Optional[Sequence[int]] = None) -> tuple:
@@ -274,14 +343,19 @@ class AdaptivePolicy:
             self.probe_after = (self.min_probe_after if best != (0, 0)
                                 else min(2 * self.probe_after, self.max_probe_after))
             self.probing = False
-        if best != (0, 0) or self.since_draft < self.probe_after:
+        if best != (0, 0):
+            return best
+        repeat_due = self._repeat_at is not None and self.since_draft >= self._repeat_at
+        if self.since_draft < self.probe_after and not repeat_due:
             return best
         if remaining is not None and max(remaining) <= 1:
             return best                           # nothing left a draft could add
         probe, interval = self._next_probe(options)
-        if probe is not None and self.since_draft >= interval:
+        if probe is not None and (self.since_draft >= interval or repeat_due):
             self.probing, self._probe = True, None
             return probe
+        if repeat_due:
+            self._repeat_at = None                # no draft could pay: nothing to probe
         return best
 
     def queue_context(self, options: Sequence[tuple]) -> bool:
@@ -292,7 +366,7 @@ class AdaptivePolicy:
         queued), and the probe drafts from the prompt and the last ``CONTEXT_LEAD`` positions.
         The gap only approximates the draft (verification stays exact); a draft that comes
         earlier than planned, because the measured costs moved, drafts with the gap too."""
-        if self._plain_run is None:
+        if self._plain_run is None or self._repeat_at is not None:
             return True
         probe, interval = self._next_probe(options)
         return probe is not None and interval - self.since_draft <= CONTEXT_LEAD
@@ -362,7 +436,7 @@ class AdaptivePolicy:
         for b, a in zip(requests, accepted):
             self.history.observe(b, option[0], a)
         if option[0]:
-            self.since_draft, self._plain_run, self._probe = 0, None, None
+            self.since_draft, self._plain_run, self._probe, self._repeat_at = 0, None, None, None
         else:
             self.since_draft += 1
         self.costs.observe(option[1], draft_s, verify_s)

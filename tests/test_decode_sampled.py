@@ -208,6 +208,29 @@ def test_drafting_after_plain_steps_that_queued_no_context_is_lossless(pair, tre
     assert sum(appended) >= sum(map(len, prompts))
 
 
+def test_a_prompt_that_repeats_itself_is_probed_early_and_stays_lossless(pair):
+    """``generate`` watches each request's text (RepeatWatch): a prompt ending in a repeat gets a
+    probe after ``REPEAT_WARMUP`` plain steps although the regular schedule would not probe for
+    1024 steps; prompts that do not repeat get none. Greedy output stays target-only greedy."""
+    from domino_kernels.spec_policy import REPEAT_NGRAM, REPEAT_WARMUP
+
+    target, draft = pair
+    x = _prompts(21, [REPEAT_NGRAM])[0]
+    plain_prompts = _prompts(22, [5, 9])
+
+    def policy():
+        return AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.1, frozen=True), prior=0.05,
+                              probe_after=1024)
+
+    for prompts, probed in ((plain_prompts, False), ([plain_prompts[0], x + x], True)):
+        ref = generate(target, prompts, max_new_tokens=30).tokens
+        out = generate(target, prompts, draft=draft, max_new_tokens=30, spec_policy=policy(), num_proposals=8,
+                       trace=True)
+        assert out.tokens == ref
+        drafted = [i for i, r in enumerate(out.trace) if any(r["draft"])]
+        assert (drafted[:1] == [REPEAT_WARMUP]) if probed else drafted == []
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_adaptive_with_expensive_drafts_takes_plain_steps_and_equals_target_only(pair, temperature):
     target, draft = pair

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from domino_kernels.spec_policy import CONTEXT_LEAD, PROBE_RECHECK, AdaptivePolicy, FixedPolicy, StepCosts
+from domino_kernels.spec_policy import (CONTEXT_LEAD, PROBE_RECHECK, REPEAT_WARMUP, AdaptivePolicy, FixedPolicy,
+                                       RepeatWatch, StepCosts)
 
 CHAIN = [(n, n) for n in range(9)]
 
@@ -208,3 +209,46 @@ def test_plain_steps_queue_context_only_within_the_lead_of_the_next_probe():
         never.observe([0], option, [0], 0.0, 0.0)
     assert len(flags) == 200 and not any(flags)
     assert AdaptivePolicy().queue_context(CHAIN) and FixedPolicy().queue_context(CHAIN)   # nothing proven
+
+
+def test_repeat_watch_reports_the_start_of_each_repeat_once():
+    text = list(range(20))
+    w = RepeatWatch([text[:5]], n=4)
+    assert not w.extend(0, text[5:20]) and not w.inside[0]          # no 4-gram twice
+    assert not w.extend(0, [0, 1, 2])                               # a 3-token echo is not enough
+    assert w.extend(0, [3]) and w.inside[0]                         # 0 1 2 3 again: a repeat starts
+    assert not w.extend(0, [4, 5, 6]) and w.inside[0]               # the loop goes on: reported once
+    assert not w.extend(0, [99]) and not w.inside[0]                # broken
+    assert w.extend(0, [7, 8, 9, 10, 11]) and w.inside[0]           # repeats again: reported again
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8]
+    assert RepeatWatch([prompt], n=4).inside[0]                     # a prompt that ends repeating
+    assert RepeatWatch([prompt[:7]], n=4).inside[0] is False
+
+
+def test_a_repeat_is_probed_after_the_warmup_and_loops_do_not_move_the_other_population():
+    """A request whose text starts repeating is probed after ``REPEAT_WARMUP`` plain steps (which
+    queue their features), long before the regular schedule; its drafted steps update the
+    repeating stratum's population only."""
+    p = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.1, frozen=True), prior=0.05,
+                       probe_after=1024)
+    p.start(2, 8)
+    picks, queued = [], []
+    for step in range(40):
+        if step == 5:
+            p.note_repeat(1, True, True)
+        option = p.choose([0, 1], CHAIN)
+        picks.append(option[0])
+        queued.append(p.queue_context(CHAIN) if option[0] == 0 else None)
+        p.observe([0, 1], option, [0, option[0]], 0.0, 0.0)   # request 1 (the loop) accepts everything
+    first = picks.index(next(n for n in picks if n))
+    assert first == 5 + REPEAT_WARMUP and picks[first] == 4      # the shortest draft that could pay
+    assert queued[5:first] == [True] * REPEAT_WARMUP and queued[first - REPEAT_WARMUP - 1] is False
+    pop0, pop1 = p.history.population_rates(0), p.history.population_rates(1)
+    assert pop1[0] > 0.5 and pop0[0] < 0.1                        # request 0 stayed in stratum 0
+    never = AdaptivePolicy(StepCosts(plain=1.0, draft=3.0, verify_per_token=0.1, frozen=True), prior=0.05,
+                           probe_after=1024)
+    never.start(2, 8)
+    for _ in range(40):                                          # no repeat: no probe
+        option = never.choose([0, 1], CHAIN)
+        assert option == (0, 0)
+        never.observe([0, 1], option, [0, 0], 0.0, 0.0)
