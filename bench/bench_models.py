@@ -6,7 +6,7 @@ tokenizer, the target or the drafters) are decoded one request at a time with
 drafting under the fixed and the adaptive speculation policy. Reports the verify rule, τ (mean
 tokens emitted per drafted step, bonus included; at T>0 for fixed-policy chains also τ of the
 target-only rule on the same drafts, from a second, untimed run), how many steps drafted, tokens/s and the speedup over target-only decoding at
-the same temperature, all measured in this process (on a single-threaded CPU run in CPU seconds of
+the same temperature (in the JSON also per prompt), all measured in this process (on a single-threaded CPU run in CPU seconds of
 the process, which other jobs on a shared machine do not inflate). At T=0 every speculative output must equal
 the target-only output token for token (the script exits non-zero otherwise).
 
@@ -113,7 +113,8 @@ def run_temperature(target, drafts, prompts, temp, args):
     configuration."""
     clock = run_clock(args)
     acc = {i: {"tokens": [], "secs": 0.0, "new": 0, "steps": 0, "drafted_steps": 0, "tau_w": 0.0,
-               "cmp_w": 0.0, "cmp_n": 0, "rule": "-", "runs": {}} for i in range(len(CONFIGS))}
+               "cmp_w": 0.0, "cmp_n": 0, "rule": "-", "runs": {}, "p_tau_w": [0.0] * len(prompts),
+               "p_drafted": [0] * len(prompts)} for i in range(len(CONFIGS))}
     for rep, (j, p) in [(r, jp) for r in range(args.repeats) for jp in enumerate(prompts)]:
         # the configurations run in a seeded random order per prompt and repeat (a rotation
         # would keep every configuration's predecessor fixed: each adaptive row always right
@@ -138,6 +139,8 @@ def run_temperature(target, drafts, prompts, temp, args):
             drafted = st["steps"] - int(st.get("draft_lengths", {}).get("0", 0)) if draft is not None else 0
             a["drafted_steps"] += drafted
             a["tau_w"] += st["tau"] * drafted
+            a["p_tau_w"][j] += st["tau"] * drafted
+            a["p_drafted"][j] += drafted
             a["rule"] = st.get("rule", "-")
             if rep == 0 and draft is not None and temp > 0 and drafting == "chain" and policy == "fixed":
                 # τ of the target-only rule on the very same drafts (the fixed policy and the seed
@@ -165,7 +168,13 @@ def run_temperature(target, drafts, prompts, temp, args):
                      # each run against the target-only run of the same prompt and repeat (a few
                      # seconds apart), median over the runs: robust to the machine's speed drifting
                      "speedup_paired_median": statistics.median(a["runs"][k] / base["runs"][k] for k in base["runs"]),
-                     "greedy_equal": same})
+                     "greedy_equal": same,
+                     # per prompt: τ and drafted steps over the repeats, median paired speedup
+                     "by_prompt": [{"tau": round(a["p_tau_w"][j] / a["p_drafted"][j], 3) if a["p_drafted"][j] else None,
+                                    "drafted_steps": a["p_drafted"][j],
+                                    "speedup_paired_median": round(statistics.median(
+                                        a["runs"][r, j] / base["runs"][r, j] for r in range(args.repeats)), 3)}
+                                   for j in range(len(prompts))]})
         print(f"T={temp} {label} {drafting} {policy}: {rows[-1]}", file=sys.stderr)
     return rows, base["tokens"]
 
