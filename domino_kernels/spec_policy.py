@@ -263,9 +263,6 @@ class FixedPolicy:
     def queue_context(self, options: Sequence[tuple]) -> bool:
         return True
 
-    def note_repeat(self, b: int, started: bool, repeating: bool) -> None:
-        pass
-
     def observe(self, requests, option, accepted, draft_s, verify_s) -> None:
         pass
 
